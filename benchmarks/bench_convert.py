@@ -1,0 +1,439 @@
+#!/usr/bin/env python3
+"""Conversion benchmark: precomputed-tif against TensorStore, CloudVolume, the I/O floor and,
+optionally, the original precomputed-tif.
+
+usage: bench_convert.py [--x 1024 --y 1024 --z 256] [--workdir DIR] [--stack DIR]
+                        [--original VENV_BIN] [--formats tiff,zarr,blockfs] [--repeat 1]
+                        [--levels N] [--n-cores N] [--keep]
+
+Makes the stack with make_stack.py (cached in the workdir), warms the page cache by reading every
+plane once, then runs each contender as its own subprocess, measuring wall time and the peak RSS
+of its whole process tree (see _measure.py). Prints a table, then one JSON line with every figure.
+The TensorStore and CloudVolume outputs are checked against a numpy reference computed from the
+planes (one level-1 chunk, one level-3 chunk); a mismatch is printed loudly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# isort: split
+from _measure import RunResult, run_measured, tree_size
+from _stack import (
+    CHUNK,
+    XYZ,
+    default_levels,
+    level_sizes,
+    list_planes,
+    pyramid_bytes,
+    read_raw_chunk,
+    reference_chunk,
+    stack_shape,
+)
+
+HERE = Path(__file__).resolve().parent
+FORMATS = ("tiff", "zarr", "blockfs")
+ROUNDINGS = ("floor", "nearest")
+
+
+@dataclass
+class Contender:
+    name: str
+    argv: list[str] | None  # None: skipped
+    skip_reason: str = ""
+    out: Path | None = None
+    fmt: str | None = None  # for ours and the original
+    check: bool = False  # compare chunks with the numpy reference
+    runs: list[RunResult] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    files: int = 0
+    out_bytes: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def best(self) -> RunResult | None:
+        ok = [r for r in self.runs if r.ok]
+        return min(ok, key=lambda r: r.wall_s) if ok else None
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+def ensure_stack(workdir: Path, x: int, y: int, z: int) -> Path:
+    """The cached stack for this size (made with make_stack.py on first use)."""
+    stack = workdir / f"stack_{x}x{y}x{z}"
+    marker = stack / ".complete"
+    if not marker.exists():
+        if stack.exists():
+            shutil.rmtree(stack)
+        print(f"making the stack in {stack} ...", flush=True)
+        cmd = [sys.executable, str(HERE / "make_stack.py"), str(stack)]
+        subprocess.run([*cmd, "--x", str(x), "--y", str(y), "--z", str(z)], check=True)
+        marker.write_text("ok\n")
+    return stack
+
+
+def warm_page_cache(planes: list[str]) -> float:
+    t0 = time.perf_counter()
+    buf = bytearray(1 << 22)
+    for path in planes:
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+    return time.perf_counter() - t0
+
+
+def have(*modules: str) -> list[str]:
+    """The modules among `modules` that cannot be imported here."""
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def find_ours(explicit: str | None, cwd: Path) -> tuple[list[str] | None, str]:
+    """The command for our precomputed-tif, and a note on where it was found."""
+    if explicit:
+        return [explicit], explicit
+    beside = Path(sys.executable).parent / "precomputed-tif"
+    if beside.exists():
+        return [str(beside)], str(beside)
+    on_path = shutil.which("precomputed-tif")
+    if on_path:
+        return [on_path], on_path
+    probe = subprocess.run(
+        [sys.executable, "-m", "precomputed_tif", "--help"],
+        cwd=cwd,
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode == 0:
+        return [sys.executable, "-m", "precomputed_tif"], "python -m precomputed_tif"
+    return None, "skipped: precomputed-tif not found (not on PATH, no python -m precomputed_tif)"
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the correctness check
+
+
+class Reference:
+    """Reference chunks from the planes, computed once per (level, chunk, rounding)."""
+
+    def __init__(self, planes: list[str], size: XYZ, levels: int) -> None:
+        self.planes = planes
+        self.size = size
+        sizes = level_sizes(size, levels)
+        grid1 = [-(-s // CHUNK) for s in sizes[0]]
+        # level 1: a chunk in the middle; level 3: the last chunk (covers odd edges, if any)
+        self.targets: list[tuple[int, XYZ]] = [(1, (grid1[0] // 2, grid1[1] // 2, grid1[2] // 2))]
+        if levels >= 3:
+            grid3 = [-(-s // CHUNK) for s in sizes[2]]
+            self.targets.append((3, (grid3[0] - 1, grid3[1] - 1, grid3[2] - 1)))
+        self._cache: dict[tuple[int, XYZ, str], tuple[XYZ, XYZ, np.ndarray]] = {}
+
+    def get(self, level: int, index: XYZ, rounding: str) -> tuple[XYZ, XYZ, np.ndarray]:
+        key = (level, index, rounding)
+        if key not in self._cache:
+            self._cache[key] = reference_chunk(self.planes, self.size, level, index, rounding)
+        return self._cache[key]
+
+    def check(self, root: Path, dtype: np.dtype) -> tuple[bool, str]:
+        """Compare the target chunks of a raw precomputed output; (all ok, summary)."""
+        notes = []
+        ok = True
+        for level, index in self.targets:
+            start, stop, _ = self.get(level, index, "floor")
+            got = read_raw_chunk(root, level, start, stop, dtype)
+            if got is None:
+                ok = False
+                notes.append(f"L{level}{list(index)}: chunk file missing")
+                continue
+            matched = None
+            worst = ""
+            for rounding in ROUNDINGS:
+                ref = self.get(level, index, rounding)[2]
+                if ref.shape == got.shape and np.array_equal(ref, got):
+                    matched = rounding
+                    break
+                if ref.shape != got.shape:
+                    worst = f"shape {got.shape} != {ref.shape}"
+                else:
+                    diff = np.abs(ref.astype(np.int64) - got.astype(np.int64))
+                    worst = f"{int((diff > 0).sum())} voxels differ, max |diff| {int(diff.max())}"
+            if matched is None:
+                ok = False
+                notes.append(f"L{level}{list(index)}: MISMATCH ({worst})")
+            elif level == 1:
+                notes.append(f"L{level} ok")
+            else:
+                notes.append(f"L{level} ok ({matched})")
+        return ok, ", ".join(notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+def run_one(c: Contender, timeout_s: float, cwd: Path) -> RunResult:
+    assert c.argv is not None and c.out is not None
+    if c.out.exists():
+        shutil.rmtree(c.out)
+    if c.name.startswith(("ours", "original")):
+        c.out.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        c.out.mkdir(parents=True)
+    os.sync()  # no dirty pages from the previous run are flushed on this run's time
+    print(f"  running {c.name} ...", end=" ", flush=True)
+    result = run_measured(c.argv, cwd=cwd, timeout_s=timeout_s)
+    if result.ok:
+        print(f"{result.wall_s:.2f} s, {result.peak_rss_mib:.0f} MiB", flush=True)
+    else:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        print(f"FAILED (exit {result.returncode})", flush=True)
+        for line in tail:
+            print(f"    | {line}", flush=True)
+    return result
+
+
+def last_json(text: str) -> dict[str, Any]:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return {}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def fmt_ratio(r: float | None) -> str:
+    return f"{r:.2f}x" if r is not None else "-"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--x", type=int, default=1024)
+    ap.add_argument("--y", type=int, default=1024)
+    ap.add_argument("--z", type=int, default=256)
+    ap.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder")
+    ap.add_argument("--stack", type=Path, default=None, help="use this folder of planes as is")
+    ap.add_argument("--original", default=None, help="bin folder of a venv holding the original")
+    ap.add_argument("--ours", default=None, help="our precomputed-tif executable (default: found)")
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--levels", type=int, default=None, help="default: until one chunk")
+    ap.add_argument("--n-cores", type=int, default=None, help="passed to precomputed-tif")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
+    ap.add_argument("--keep", action="store_true", help="keep the outputs")
+    a = ap.parse_args()
+
+    formats = [f.strip() for f in a.formats.split(",") if f.strip()]
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise SystemExit(f"unknown formats: {sorted(unknown)}")
+    workdir = (a.workdir or Path(tempfile.mkdtemp(prefix="bench_convert_"))).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    outroot = workdir / "out"
+
+    stack = a.stack.resolve() if a.stack else ensure_stack(workdir, a.x, a.y, a.z)
+    pattern = str(stack / "*.tif")
+    planes = list_planes(pattern)
+    size, dtype = stack_shape(planes)
+    levels = a.levels if a.levels is not None else default_levels(size)
+    warm_s = warm_page_cache(planes)
+    print(
+        f"stack {size[0]}x{size[1]}x{size[2]} {dtype.name}, {len(planes)} planes, "
+        f"{levels} levels, pyramid {pyramid_bytes(size, levels, dtype.itemsize) / 2**20:.0f} MiB"
+        f"; page cache warmed in {warm_s:.2f} s; {os.cpu_count()} CPUs",
+        flush=True,
+    )
+
+    py = sys.executable
+    lv = ["--levels", str(levels)]
+    contenders: list[Contender] = []
+
+    def recipe(name: str, script: str, modules: tuple[str, ...], extra: list[str]) -> None:
+        missing = have(*modules)
+        out = outroot / name
+        if missing:
+            reason = f"skipped: not installed ({', '.join(missing)})"
+            contenders.append(Contender(name, None, reason))
+        else:
+            argv = [py, str(HERE / script), pattern, str(out), *extra]
+            contenders.append(Contender(name, argv, out=out, check=name != "floor"))
+
+    recipe("tensorstore", "recipe_tensorstore.py", ("tensorstore",), lv)
+    recipe("cloudvolume", "recipe_cloudvolume.py", ("cloudvolume", "tinybrain"), lv)
+    recipe("floor", "recipe_floor.py", (), lv)
+
+    cores = ["--n-cores", str(a.n_cores)] if a.n_cores else []
+    ours_cmd, ours_note = find_ours(a.ours, workdir)
+    for f in formats:
+        name = f"ours-{f}"
+        if ours_cmd is None:
+            contenders.append(Contender(name, None, ours_note, fmt=f))
+            continue
+        out = outroot / name
+        argv = [*ours_cmd, "--source", pattern, "--dest", str(out), "--format", f, *lv, *cores]
+        contenders.append(Contender(name, argv, out=out, fmt=f))
+    if a.original:
+        exe = Path(a.original) / "precomputed-tif"
+        for f in formats:
+            name = f"original-{f}"
+            if not exe.exists():
+                contenders.append(Contender(name, None, f"skipped: {exe} not found", fmt=f))
+                continue
+            out = outroot / name
+            argv = [str(exe), "--source", pattern, "--dest", str(out), "--format", f, *lv, *cores]
+            contenders.append(Contender(name, argv, out=out, fmt=f))
+
+    reference = Reference(planes, size, levels)
+    mismatches = []
+    for rep in range(a.repeat):
+        print(f"round {rep + 1}/{a.repeat}", flush=True)
+        for c in contenders:
+            if c.argv is None:
+                continue
+            assert c.out is not None
+            result = run_one(c, a.timeout, workdir)
+            c.runs.append(result)
+            if result.ok:
+                c.files, c.out_bytes = tree_size(c.out) if c.out.exists() else (0, 0)
+                c.detail = last_json(result.stdout)
+                if c.check:
+                    ok, note = reference.check(c.out, dtype)
+                    c.checks.append(note)
+                    if not ok:
+                        mismatches.append(f"{c.name}: {note}")
+                        print(f"\n!!!!! {c.name}: OUTPUT MISMATCH: {note} !!!!!\n", flush=True)
+            if not a.keep:
+                shutil.rmtree(c.out, ignore_errors=True)
+
+    report(contenders, size, levels, dtype, mismatches, ours_note, a, workdir)
+
+
+def report(
+    contenders: list[Contender],
+    size: XYZ,
+    levels: int,
+    dtype: np.dtype,
+    mismatches: list[str],
+    ours_note: str,
+    a: argparse.Namespace,
+    workdir: Path,
+) -> None:
+    by_name = {c.name: c for c in contenders}
+
+    def wall(name: str) -> float | None:
+        c = by_name.get(name)
+        best = c.best() if c else None
+        return best.wall_s if best else None
+
+    ts_wall = wall("tensorstore")
+    floor_wall = wall("floor")
+    header = (
+        f"{'name':<18}{'wall s':>8}{'peak MiB':>10}{'files':>8}{'out MiB':>9}"
+        f"{'vs TS':>8}{'vs orig':>9}{'vs floor':>10}  notes"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    rows: dict[str, Any] = {}
+    for c in contenders:
+        best = c.best()
+        if c.argv is None or best is None:
+            reason = c.skip_reason
+            if c.argv is not None:
+                reason = f"failed (exit {c.runs[-1].returncode})" if c.runs else "not run"
+            print(
+                f"{c.name:<18}{'-':>8}{'-':>10}{'-':>8}{'-':>9}{'-':>8}{'-':>9}{'-':>10}  {reason}"
+            )
+            rows[c.name] = {"status": reason}
+            continue
+        vs_ts = ratio(best.wall_s, ts_wall) if c.name != "tensorstore" else None
+        vs_floor = ratio(best.wall_s, floor_wall) if c.name != "floor" else None
+        vs_orig = (
+            ratio(best.wall_s, wall(f"original-{c.fmt}")) if c.name.startswith("ours") else None
+        )
+        notes = []
+        if c.name == "floor" and c.detail:
+            notes.append(f"read {c.detail.get('read_s')} s + write {c.detail.get('write_s')} s")
+        elif c.detail.get("level1_s") is not None:
+            notes.append(
+                f"level 1 {c.detail['level1_s']} s + downsample {c.detail['downsample_s']} s"
+            )
+        if c.checks:
+            notes.append(c.checks[-1])
+        print(
+            f"{c.name:<18}{best.wall_s:>8.2f}{best.peak_rss_mib:>10.0f}{c.files:>8}"
+            f"{c.out_bytes / 2**20:>9.1f}{fmt_ratio(vs_ts):>8}{fmt_ratio(vs_orig):>9}"
+            f"{fmt_ratio(vs_floor):>10}  {'; '.join(notes)}"
+        )
+        rows[c.name] = {
+            "status": "ok",
+            "wall_s": round(best.wall_s, 3),
+            "walls_s": [round(r.wall_s, 3) for r in c.runs],
+            "peak_rss_mib": round(best.peak_rss_mib, 1),
+            "peak_rss_mib_max": round(max(r.peak_rss_mib for r in c.runs if r.ok), 1),
+            "files": c.files,
+            "output_mib": round(c.out_bytes / 2**20, 2),
+            "vs_tensorstore": round(vs_ts, 3) if vs_ts else None,
+            "vs_original": round(vs_orig, 3) if vs_orig else None,
+            "vs_floor": round(vs_floor, 3) if vs_floor else None,
+            "check": c.checks[-1] if c.checks else None,
+            "detail": c.detail,
+        }
+    print()
+    print(f"precomputed-tif: {ours_note}")
+    print("wall = best of the rounds; vs X = wall / wall of X (below 1 is faster than X)")
+    if mismatches:
+        print("!!!!! OUTPUT MISMATCHES:")
+        for m in mismatches:
+            print(f"!!!!!   {m}")
+    summary = {
+        "benchmark": "convert",
+        "size_xyz": list(size),
+        "dtype": dtype.name,
+        "levels": levels,
+        "pyramid_mib": round(pyramid_bytes(size, levels, dtype.itemsize) / 2**20, 2),
+        "repeat": a.repeat,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": {
+            p: package_version(p)
+            for p in ("tensorstore", "cloud-volume", "tinybrain", "tifffile", "numpy")
+        },
+        "workdir": str(workdir),
+        "mismatches": mismatches,
+        "runs": rows,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Command-line front ends. Argument parsing, logging set-up and progress bars live only here."""

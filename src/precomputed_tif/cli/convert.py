@@ -1,0 +1,200 @@
+"""``precomputed-tif``: convert a TIFF z-stack into a multi-resolution precomputed volume."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from ._common import add_log_argument, parse_size, parse_xyz, run_command, setup_logging
+
+log = logging.getLogger("precomputed_tif")
+
+PARENT_OVERHEAD = 200 * 2**20  # the driver process: interpreter, numpy, task bookkeeping
+WORKER_OVERHEAD = 120 * 2**20  # each worker: interpreter, numpy, tifffile, codecs
+DEFAULT_TASK_BYTES = 384 * 2**20  # bigger tasks stop paying off and only cost memory
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="precomputed-tif",
+        description="Convert a stack of TIFF planes into a Neuroglancer precomputed volume.",
+    )
+    parser.add_argument(
+        "--source",
+        required=True,
+        help="glob of TIFF planes (sorted alphabetically), a folder of them, "
+        "or one multi-page TIFF",
+    )
+    parser.add_argument("--dest", required=True, help="folder to write the volume into")
+    parser.add_argument(
+        "--levels",
+        type=int,
+        default=None,
+        help="number of mipmap levels (default: until the coarsest fits in one chunk)",
+    )
+    parser.add_argument(
+        "--format",
+        default="tiff",
+        choices=["tiff", "zarr", "blockfs"],
+        help="chunk storage: tiff (a 3D TIFF per chunk), zarr, or blockfs (few large files)",
+    )
+    parser.add_argument(
+        "--voxel-size",
+        default="1.8,1.8,2.0",
+        type=parse_xyz(float),
+        help="voxel size in microns, x,y,z (default 1.8,1.8,2.0)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        default="64,64,64",
+        type=parse_xyz(int),
+        help="chunk size in voxels, x,y,z (default 64,64,64)",
+    )
+    parser.add_argument(
+        "--n-cores",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: all cores)",
+    )
+    parser.add_argument(
+        "--memory",
+        type=parse_size,
+        default=None,
+        help="memory budget for all processes, e.g. 2G or 500M (default: half the free memory)",
+    )
+    parser.add_argument(
+        "--segmentation",
+        action="store_true",
+        help="the stack holds labels: mark it a segmentation and downsample by "
+        "the most frequent label",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="finish an interrupted conversion into --dest"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a different volume already in --dest"
+    )
+    add_log_argument(parser)
+    return parser
+
+
+def _default_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available * 0.5)
+
+
+def _budget(args: argparse.Namespace) -> Any:
+    from ..convert import Budget
+    from ..errors import PlanError
+
+    memory = args.memory if args.memory is not None else _default_memory()
+    n_workers = max(1, args.n_cores)
+    usable = memory - PARENT_OVERHEAD - n_workers * WORKER_OVERHEAD
+    while n_workers > 1 and usable // n_workers < 64 * 2**20:
+        n_workers -= 1
+        usable = memory - PARENT_OVERHEAD - n_workers * WORKER_OVERHEAD
+    if usable <= 0:
+        raise PlanError(
+            f"--memory {memory / 2**20:.0f}M is too small: the processes alone need about "
+            f"{(PARENT_OVERHEAD + WORKER_OVERHEAD) / 2**20:.0f}M"
+        )
+    if n_workers < args.n_cores:
+        log.warning("--memory allows %d worker(s), not %d", n_workers, args.n_cores)
+    return Budget(n_workers=n_workers, task_bytes=min(usable // n_workers, DEFAULT_TASK_BYTES))
+
+
+class _Bars:
+    """One tqdm bar per level, created when the level starts."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict[int, Any] = {}
+
+    def __call__(self, level: int, voxels: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(level)
+        if bar is None:
+            bar = tqdm(
+                total=total,
+                desc=f"level {level}",
+                unit="vox",
+                unit_scale=True,
+                position=len(self.bars),
+                leave=True,
+                dynamic_ncols=True,
+            )
+            self.bars[level] = bar
+        bar.update(voxels)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log)
+
+    def work() -> int:
+        from .. import convert, create_store, open_source, plan_pyramid
+        from ..executors import process_pool
+
+        budget = _budget(args)
+        source = open_source(args.source)
+        voxel_size_nm = tuple(int(float(v) * 1000) for v in args.voxel_size)
+        pyramid = plan_pyramid(
+            source.size,
+            source.dtype.name,
+            voxel_size_nm=voxel_size_nm,  # type: ignore[arg-type]
+            chunk_size=args.chunk_size,
+            levels=args.levels,
+            segmentation=args.segmentation,
+        )
+        x, y, z = source.size
+        log.info(
+            "%d planes of %dx%d %s -> %s, %d levels, format %s",
+            z,
+            x,
+            y,
+            source.dtype.name,
+            args.dest,
+            pyramid.n_levels,
+            args.format,
+        )
+        store = create_store(args.format, os.path.abspath(args.dest), pyramid)
+        bars = _Bars(enabled=sys.stderr.isatty() and log.getEffectiveLevel() <= logging.INFO)
+        try:
+            with process_pool(budget.n_workers) as executor:
+                convert(
+                    source,
+                    store,
+                    executor=executor,
+                    budget=budget,
+                    resume=args.resume,
+                    overwrite=args.overwrite,
+                    progress=bars,
+                )
+        except KeyboardInterrupt:
+            bars.close()
+            print(
+                "precomputed-tif: interrupted; the volume is incomplete. Run the same command "
+                "with --resume to finish it.",
+                file=sys.stderr,
+            )
+            return 130
+        bars.close()
+        log.info("done: %s", args.dest)
+        return 0
+
+    return run_command(work, "precomputed-tif")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The conversion driver: plan, submit tasks to an executor, record progress, finish levels.
+
+State lives in ``DEST/.precomputed-tif/``: ``run.json`` (what is being made, and the plan) and
+one ``done-<level>`` log per stage listing finished tasks. The ``info`` file is written last, so
+an interrupted run never looks like a volume; ``resume=True`` reruns only unfinished tasks with the
+recorded plan, and because every task rewrites the same bytes the result is identical to an
+uninterrupted run. The driver never touches voxels: it sends task records and receives counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import StoreExistsError
+from .plan import Stage, Task, count_tasks, plan_stages, stage_tasks, task_bytes
+from .pyramid import Pyramid
+from .run import TaskResult, run_task
+from .sources import PlaneSource
+from .stores import ChunkStore
+from .stores.base import INFO_NAME, STATE_DIR, write_atomically
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+STATE_VERSION = 1
+
+# progress(level, voxels just finished, voxels in the level)
+Progress = Callable[[int, int, int], None]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work may run at once: workers, and the memory each task may use."""
+
+    n_workers: int
+    task_bytes: int
+
+
+def source_fingerprint(source: PlaneSource) -> str:
+    """A digest of what the source is (file names and sizes, or shape), to match on resume."""
+    digest = hashlib.sha256()
+    digest.update(repr((type(source).__name__, source.size, source.dtype.str)).encode())
+    for path in getattr(source, "paths", ()) or (getattr(source, "path", ""),):
+        if path:
+            digest.update(os.path.basename(path).encode())
+            digest.update(str(os.path.getsize(path)).encode())
+    return digest.hexdigest()
+
+
+def _state_path(dest: str, name: str) -> str:
+    return os.path.join(dest, STATE_DIR, name)
+
+
+def _read_run(dest: str) -> dict[str, Any] | None:
+    try:
+        with open(_state_path(dest, RUN_FILE), "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    for key in ("format", "source"):
+        if old.get(key) != new.get(key):
+            what = "input stack" if key == "source" else key
+            return f"its {what} differs ({old.get(key)!s:.16} vs {new.get(key)!s:.16})"
+    old_info, new_info = old.get("info", {}), new.get("info", {})
+    for key in ("data_type", "type"):
+        if old_info.get(key) != new_info.get(key):
+            return f"its {key} is {old_info.get(key)}, this run makes {new_info.get(key)}"
+    return "its levels, sizes, chunk size or voxel size differ"
+
+
+def _clear_destination(dest: str) -> None:
+    """Remove a previous volume, refusing when the folder holds anything else."""
+    run = _read_run(dest)
+    known = {INFO_NAME, STATE_DIR, ".zgroup"}
+    if run and "info" in run:
+        known |= {s["key"] for s in run["info"]["scales"]}
+    elif os.path.exists(os.path.join(dest, INFO_NAME)):
+        try:
+            with open(os.path.join(dest, INFO_NAME), "rb") as f:
+                known |= {s["key"] for s in json.loads(f.read())["scales"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    foreign = sorted(set(os.listdir(dest)) - known)
+    if foreign:
+        raise StoreExistsError(
+            f"--dest {dest!r} holds files that are not part of a volume ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); refusing to overwrite: choose an empty folder"
+        )
+    for name in os.listdir(dest):
+        path = os.path.join(dest, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+def prepare_destination(
+    dest: str, wanted: dict[str, Any], *, resume: bool, overwrite: bool
+) -> dict[str, Any]:
+    """Check `dest` against the run we want; returns the run record to follow (maybe resumed)."""
+    if os.path.isdir(dest) and os.listdir(dest):
+        run = _read_run(dest)
+        same = (
+            run is not None
+            and run.get("version") == STATE_VERSION
+            and all(run.get(k) == wanted[k] for k in ("format", "source", "info"))
+        )
+        if overwrite:
+            _clear_destination(dest)
+        elif same and resume:
+            assert run is not None
+            log.info("resuming the conversion recorded in %s", _state_path(dest, RUN_FILE))
+            return run
+        elif same:
+            assert run is not None
+            state = "a finished" if run.get("complete") else "an unfinished"
+            hint = "nothing to do" if run.get("complete") else "add --resume to finish it"
+            raise StoreExistsError(
+                f"--dest {dest!r} already holds {state} conversion of this stack: {hint}, "
+                "or add --overwrite to start again"
+            )
+        elif run:
+            raise StoreExistsError(
+                f"--dest {dest!r} holds a different volume ({_describe_difference(run, wanted)}); "
+                "choose another folder or add --overwrite to replace it"
+            )
+        else:
+            what = "a volume" if os.path.exists(os.path.join(dest, INFO_NAME)) else "files"
+            raise StoreExistsError(
+                f"--dest {dest!r} already holds {what} not made by this tool's current run; "
+                "choose an empty folder or add --overwrite to replace it"
+            )
+    os.makedirs(os.path.join(dest, STATE_DIR), exist_ok=True)
+    write_atomically(_state_path(dest, RUN_FILE), json.dumps(wanted, indent=1).encode())
+    return wanted
+
+
+def _stage_to_json(stage: Stage) -> dict[str, Any]:
+    return {"first": stage.first, "last": stage.last, "region": list(stage.region)}
+
+
+def _stage_from_json(obj: dict[str, Any]) -> Stage:
+    x, y, z = obj["region"]
+    return Stage(int(obj["first"]), int(obj["last"]), (int(x), int(y), int(z)))
+
+
+def _done_tasks(dest: str, stage: Stage) -> set[int]:
+    try:
+        with open(
+            _state_path(dest, f"done-{stage.first}"), encoding="ascii", errors="replace"
+        ) as f:
+            return {int(line) for line in f.read().split("\n") if line.strip().isdigit()}
+    except FileNotFoundError:
+        return set()
+
+
+class _DoneLog:
+    """Append-only list of finished tasks of a stage; a torn last line is ignored on resume."""
+
+    def __init__(self, dest: str, stage: Stage) -> None:
+        self.file = open(_state_path(dest, f"done-{stage.first}"), "a", encoding="ascii")
+
+    def add(self, index: int) -> None:
+        self.file.write(f"\n{index}\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+
+def _run_in_order(executor: Executor, tasks: list[Task], window: int) -> Iterator[TaskResult]:
+    """Submit tasks in order with at most `window` in flight; yield results as they finish."""
+    pending: set[Future[TaskResult]] = set()
+    queue = iter(tasks)
+    try:
+        for task in queue:
+            pending.add(executor.submit(run_task, task))
+            if len(pending) >= window:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def convert(
+    source: PlaneSource,
+    store: ChunkStore,
+    *,
+    executor: Executor,
+    budget: Budget,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> None:
+    """Convert `source` into `store` (whose pyramid says what to make), running on `executor`."""
+    pyramid: Pyramid = store.pyramid
+    wanted = {
+        "version": STATE_VERSION,
+        "format": store.format_name,
+        "source": source_fingerprint(source),
+        "info": pyramid.to_info(),
+    }
+    stages = plan_stages(
+        pyramid,
+        task_budget_bytes=budget.task_bytes,
+        n_workers=budget.n_workers,
+        read_overhead=source.read_overhead_bytes,
+    )
+    wanted["stages"] = [_stage_to_json(s) for s in stages]
+    run = prepare_destination(store.path, wanted, resume=resume, overwrite=overwrite)
+    stages = tuple(_stage_from_json(s) for s in run["stages"])
+    for stage in stages:
+        log.info(
+            "levels %d-%d: %d tasks of %s voxels, about %.0f MiB each",
+            stage.first,
+            stage.last,
+            count_tasks(pyramid, stage),
+            "x".join(map(str, stage.region)),
+            task_bytes(pyramid, stage.first, stage.region, source.read_overhead_bytes) / 2**20,
+        )
+    for stage in stages:
+        _run_stage(source, store, stage, executor, budget.n_workers, progress)
+    store.write_info()
+    run["complete"] = True
+    write_atomically(_state_path(store.path, RUN_FILE), json.dumps(run, indent=1).encode())
+
+
+def _run_stage(
+    source: PlaneSource,
+    store: ChunkStore,
+    stage: Stage,
+    executor: Executor,
+    n_workers: int,
+    progress: Progress | None,
+) -> None:
+    pyramid = store.pyramid
+    tasks = stage_tasks(pyramid, stage, store, source)
+    done = _done_tasks(store.path, stage)
+    for level in stage.levels:
+        store.prepare_level(level)
+    finished: dict[int, TaskResult | None] = {i: None for i in done}
+    next_commit = 0
+
+    def commit_ready() -> None:
+        nonlocal next_commit
+        while next_commit < len(tasks) and next_commit in finished:
+            for level in stage.levels:
+                store.commit_task(level, next_commit)
+            next_commit += 1
+
+    if progress is not None:
+        totals = {level: pyramid.scale(level).size for level in stage.levels}
+        for level, (sx, sy, sz) in totals.items():
+            already = sum(
+                t.box.scaled_down(2 ** (level - stage.first), pyramid.scale(level).size).voxels
+                for t in tasks
+                if t.index in done
+            )
+            progress(level, already, sx * sy * sz)
+    commit_ready()
+    done_log = _DoneLog(store.path, stage)
+    try:
+        todo = [t for t in tasks if t.index not in done]
+        for result in _run_in_order(executor, todo, window=2 * n_workers + 1):
+            done_log.add(result.index)
+            finished[result.index] = result
+            if progress is not None:
+                for level, voxels in result.voxels_per_level.items():
+                    sx, sy, sz = pyramid.scale(level).size
+                    progress(level, voxels, sx * sy * sz)
+            commit_ready()
+    finally:
+        done_log.close()
+    for level in stage.levels:
+        store.finish_level(level)

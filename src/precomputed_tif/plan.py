@@ -1,0 +1,134 @@
+"""Planning: cut a pyramid into stages and tasks that fit a memory budget.
+
+A stage makes levels ``first..last`` from one read: planes for level 1, or the level before
+``first`` read back from the store. Making several levels from one read saves re-reading the
+largest level, at the price of taller regions; the planner takes the deepest stage whose tasks fit
+the budget and still keep every worker busy. Tasks are plain picklable records: any executor can
+run them, in any order, more than once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from .errors import PlanError
+from .geometry import XYZ, Box
+from .pyramid import Pyramid
+from .sources import PlaneSource
+from .stores import ChunkStore
+
+# Working memory of a task beyond the voxels it reads: the next level (1/8), chunk buffers.
+_HEADROOM = 1.25
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Levels ``first..last`` made together; tasks cover `region` voxels of level `first`."""
+
+    first: int
+    last: int
+    region: XYZ
+
+    @property
+    def levels(self) -> range:
+        return range(self.first, self.last + 1)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: make `box` (at level ``stage.first``) and the boxes below it."""
+
+    index: int
+    stage: Stage
+    box: Box
+    store: ChunkStore
+    source: PlaneSource | None
+    source_z0: int = 0
+
+
+def task_bytes(pyramid: Pyramid, stage_first: int, region: XYZ, read_overhead: int) -> int:
+    """Peak memory of one task of a stage whose tasks cover `region` voxels of `stage_first`."""
+    voxels = region[0] * region[1] * region[2]
+    read_factor = 1 if stage_first == 1 else 8  # level first-1 is read to make level first
+    return int(voxels * pyramid.dtype.itemsize * (read_factor + _HEADROOM)) + read_overhead
+
+
+def _region_for(
+    pyramid: Pyramid, first: int, depth: int, budget: int, read_overhead: int
+) -> XYZ | None:
+    """The largest task region for a stage of `depth` levels that fits `budget`, or None."""
+    scale = pyramid.scale(first)
+    unit = tuple(c * 2 ** (depth - 1) for c in scale.chunk_size)
+    # whole rows are cheapest to read, so keep x full and cut along y first, then x
+    extent = [-(-s // u) * u for s, u in zip(scale.size, unit)]
+    region = [extent[0], extent[1], unit[2]]
+    while task_bytes(pyramid, first, tuple(region), read_overhead) > budget:
+        if region[1] > unit[1]:
+            region[1] = max(unit[1], -(-region[1] // (2 * unit[1])) * unit[1])
+        elif region[0] > unit[0]:
+            region[0] = max(unit[0], -(-region[0] // (2 * unit[0])) * unit[0])
+        else:
+            return None
+    return (region[0], region[1], region[2])
+
+
+def count_tasks(pyramid: Pyramid, stage: Stage) -> int:
+    size = pyramid.scale(stage.first).size
+    n = 1
+    for s, r in zip(size, stage.region):
+        n *= -(-s // r)
+    return n
+
+
+def plan_stages(
+    pyramid: Pyramid, *, task_budget_bytes: int, n_workers: int, read_overhead: int = 0
+) -> tuple[Stage, ...]:
+    """Stages covering every level, each task within `task_budget_bytes`."""
+    stages = []
+    first = 1
+    while first <= pyramid.n_levels:
+        chosen = None
+        shallow_tasks = None
+        for depth in range(pyramid.n_levels - first + 1, 0, -1):
+            overhead = read_overhead if first == 1 else 0
+            region = _region_for(pyramid, first, depth, task_budget_bytes, overhead)
+            if region is None:
+                continue
+            stage = Stage(first, first + depth - 1, region)
+            if depth == 1:
+                chosen = stage
+                break
+            if shallow_tasks is None:
+                shallow = _region_for(pyramid, first, 1, task_budget_bytes, overhead)
+                shallow_tasks = count_tasks(pyramid, Stage(first, first, shallow)) if shallow else 0
+            if count_tasks(pyramid, stage) >= min(n_workers, shallow_tasks):
+                chosen = stage
+                break
+        if chosen is None:
+            need = task_bytes(pyramid, first, pyramid.scale(first).chunk_size, read_overhead)
+            raise PlanError(
+                f"the memory budget allows {task_budget_bytes / 2**20:.0f} MiB per worker; "
+                f"a task of level {first} needs at least {need / 2**20:.0f} MiB: "
+                "raise --memory or lower --n-cores"
+            )
+        stages.append(chosen)
+        first = chosen.last + 1
+    return tuple(stages)
+
+
+def stage_tasks(
+    pyramid: Pyramid, stage: Stage, store: ChunkStore, source: PlaneSource
+) -> list[Task]:
+    """The tasks of `stage`, z-major so consecutive tasks read consecutive planes."""
+    size = pyramid.scale(stage.first).size
+    rx, ry, rz = stage.region
+    tasks = []
+    starts = itertools.product(range(0, size[2], rz), range(0, size[1], ry), range(0, size[0], rx))
+    for index, (z, y, x) in enumerate(starts):
+        box = Box((x, y, z), (min(x + rx, size[0]), min(y + ry, size[1]), min(z + rz, size[2])))
+        if stage.first == 1:
+            tasks.append(Task(index, stage, box, store, source.sub_stack(z, box.stop[2]), z))
+        else:
+            tasks.append(Task(index, stage, box, store, None))
+    return tasks

@@ -1,0 +1,171 @@
+"""What a volume looks like: its scales, and Neuroglancer's ``info`` file for them.
+
+A `Pyramid` is plain frozen data. Level 1 is the full-resolution data under key ``1_1_1``; level
+L has key ``R_R_R`` with R = 2**(L-1) and a size halved (rounding up) on every axis, as in the
+original precomputed-tif. Reading and writing ``info`` happens here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .errors import PlanError, StoreError
+from .geometry import XYZ, grid_shape
+
+SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One resolution level of a volume (Neuroglancer's words, all xyz)."""
+
+    key: str
+    size: XYZ
+    chunk_size: XYZ
+    resolution_nm: tuple[float, float, float]
+    voxel_offset: XYZ = (0, 0, 0)
+    encoding: str = "raw"
+
+    @property
+    def grid_shape(self) -> XYZ:
+        return grid_shape(self.size, self.chunk_size)
+
+    @property
+    def n_chunks(self) -> int:
+        gx, gy, gz = self.grid_shape
+        return gx * gy * gz
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chunk_sizes": [list(self.chunk_size)],
+            "encoding": self.encoding,
+            "key": self.key,
+            "resolution": [_plain_number(r) for r in self.resolution_nm],
+            "size": list(self.size),
+            "voxel_offset": list(self.voxel_offset),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Scale:
+        return cls(
+            key=str(obj["key"]),
+            size=_xyz(obj["size"]),
+            chunk_size=_xyz(obj["chunk_sizes"][0]),
+            resolution_nm=tuple(float(r) for r in obj["resolution"]),  # type: ignore[arg-type]
+            voxel_offset=_xyz(obj.get("voxel_offset", [0, 0, 0])),
+            encoding=str(obj.get("encoding", "raw")).lower(),
+        )
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """A multi-resolution volume: dtype, kind and its scales, finest first."""
+
+    data_type: str
+    scales: tuple[Scale, ...]
+    volume_type: str = "image"
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.data_type)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.scales)
+
+    def scale(self, level: int) -> Scale:
+        """The scale of 1-based `level`."""
+        return self.scales[level - 1]
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self.volume_type == "segmentation"
+
+    def to_info(self) -> dict[str, Any]:
+        return {
+            "@type": "neuroglancer_multiscale_volume",
+            "data_type": self.data_type,
+            "num_channels": 1,
+            "scales": [s.to_json() for s in self.scales],
+            "type": self.volume_type,
+        }
+
+    def info_bytes(self) -> bytes:
+        return (json.dumps(self.to_info(), indent=2) + "\n").encode()
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> Pyramid:
+        try:
+            scales = tuple(Scale.from_json(s) for s in info["scales"])
+            data_type = str(info["data_type"]).lower()
+            volume_type = str(info.get("type", "image"))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise StoreError(f"info file is not a Neuroglancer volume info: {exc!r}") from exc
+        if not scales:
+            raise StoreError("info file lists no scales")
+        return cls(data_type=data_type, scales=scales, volume_type=volume_type)
+
+    def with_levels(self, n_levels: int) -> Pyramid:
+        return replace(self, scales=self.scales[:n_levels])
+
+
+def plan_pyramid(
+    size: XYZ,
+    dtype: str,
+    *,
+    voxel_size_nm: tuple[float, float, float],
+    chunk_size: XYZ = (64, 64, 64),
+    levels: int | None = None,
+    segmentation: bool = False,
+) -> Pyramid:
+    """The pyramid the converter writes for a stack of `size` voxels (xyz).
+
+    With `levels` None, levels are added until the coarsest fits in one chunk.
+    """
+    if np.dtype(dtype).name not in SUPPORTED_DTYPES:
+        raise PlanError(
+            f"data type {np.dtype(dtype).name} is not supported; "
+            f"expected one of {', '.join(SUPPORTED_DTYPES)}"
+        )
+    if any(c < 1 for c in chunk_size):
+        raise PlanError(f"chunk size {chunk_size} must be positive on every axis")
+    if any(s < 1 for s in size):
+        raise PlanError(f"volume size {size} must be at least one voxel on every axis")
+    if levels is not None and levels < 1:
+        raise PlanError(f"--levels {levels} must be at least 1")
+    scales = []
+    level_size = size
+    level = 1
+    while True:
+        factor = 2 ** (level - 1)
+        scales.append(
+            Scale(
+                key=f"{factor}_{factor}_{factor}",
+                size=level_size,
+                chunk_size=chunk_size,
+                resolution_nm=tuple(v * factor for v in voxel_size_nm),
+            )
+        )
+        fits_one_chunk = all(s <= c for s, c in zip(level_size, chunk_size))
+        if (levels is not None and level >= levels) or (levels is None and fits_one_chunk):
+            break
+        level_size = tuple(-(-s // 2) for s in level_size)  # type: ignore[assignment]
+        level += 1
+    return Pyramid(
+        data_type=np.dtype(dtype).name,
+        scales=tuple(scales),
+        volume_type="segmentation" if segmentation else "image",
+    )
+
+
+def _xyz(values: Any) -> XYZ:
+    x, y, z = (int(v) for v in values)
+    return (x, y, z)
+
+
+def _plain_number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)

@@ -1,0 +1,395 @@
+"""Where voxels come from: plane sources (a TIFF glob or folder, one multi-page TIFF, numpy).
+
+A source is small picklable data (paths, shape, dtype) so task records can carry it to other
+processes; each `read` opens what it needs. Opening a source validates every plane's header up
+front, so a bad file fails the run in seconds rather than hours in. Sources only read: they never
+reorder, threshold or rescale voxels.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import SourceError
+from .geometry import XYZ, Box
+from .pyramid import SUPPORTED_DTYPES
+
+log = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class PlaneSource(Protocol):
+    """A z-stack of 2D planes that can be read a box at a time."""
+
+    @property
+    def size(self) -> XYZ: ...
+
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+
+    @property
+    def read_overhead_bytes(self) -> int:
+        """Memory a `read` needs beyond its output (decoding buffers)."""
+        ...
+
+    def read(self, box: Box) -> np.ndarray:
+        """The voxels of `box` as a native-endian (z, y, x) array."""
+        ...
+
+    def sub_stack(self, z0: int, z1: int) -> PlaneSource:
+        """Planes z0:z1 as a source of their own (small to pickle into a task)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ArraySource:
+    """Planes held in memory, for tests and notebooks. `array` is (z, y, x)."""
+
+    array: np.ndarray
+
+    @property
+    def size(self) -> XYZ:
+        z, y, x = self.array.shape
+        return (x, y, z)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.array.dtype
+
+    read_overhead_bytes = 0
+
+    def read(self, box: Box) -> np.ndarray:
+        return np.ascontiguousarray(self.array[box.numpy_slices()])
+
+    def sub_stack(self, z0: int, z1: int) -> ArraySource:
+        return ArraySource(self.array[z0:z1])
+
+
+@dataclass(frozen=True)
+class TiffPlanesSource:
+    """One 2D TIFF per plane, in the order given (the CLI sorts names alphabetically)."""
+
+    paths: tuple[str, ...]
+    plane_shape: tuple[int, int]
+    data_type: str
+    decode_threads: int = 2
+    segment_bytes: int = 0
+
+    @property
+    def size(self) -> XYZ:
+        return (self.plane_shape[1], self.plane_shape[0], len(self.paths))
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.data_type)
+
+    @property
+    def read_overhead_bytes(self) -> int:
+        return self.segment_bytes * max(1, self.decode_threads)
+
+    def sub_stack(self, z0: int, z1: int) -> TiffPlanesSource:
+        return replace(self, paths=self.paths[z0:z1])
+
+    def read(self, box: Box) -> np.ndarray:
+        out = np.empty(box.numpy_shape, self.dtype)
+        (x0, y0, z0), (x1, y1, _) = box.start, box.stop
+
+        def read_one(z: int) -> None:
+            out[z - z0] = _read_plane_region(self.paths[z], y0, y1, x0, x1)
+
+        planes = range(box.start[2], box.stop[2])
+        if self.decode_threads > 1 and len(planes) > 1:
+            with ThreadPoolExecutor(self.decode_threads) as pool:
+                list(pool.map(read_one, planes))
+        else:
+            for z in planes:
+                read_one(z)
+        return out
+
+
+@dataclass(frozen=True)
+class MultiPageTiffSource:
+    """One TIFF file whose first series is a (z, y, x) stack."""
+
+    path: str
+    stack_shape: tuple[int, int, int]
+    data_type: str
+
+    @property
+    def size(self) -> XYZ:
+        z, y, x = self.stack_shape
+        return (x, y, z)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.data_type)
+
+    @property
+    def read_overhead_bytes(self) -> int:
+        return self.stack_shape[1] * self.stack_shape[2] * self.dtype.itemsize
+
+    def sub_stack(self, z0: int, z1: int) -> PlaneSource:
+        return _PageRange(self, z0, z1)
+
+    def read(self, box: Box) -> np.ndarray:
+        import tifffile
+
+        out = np.empty(box.numpy_shape, self.dtype)
+        (x0, y0, z0), (x1, y1, z1) = box.start, box.stop
+        try:
+            with tifffile.TiffFile(self.path) as tif:
+                for z in range(z0, z1):
+                    plane = (
+                        tif.asarray(series=0, key=z) if self.stack_shape[0] > 1 else tif.asarray()
+                    )
+                    out[z - z0] = plane.reshape(self.stack_shape[1:])[y0:y1, x0:x1]
+        except (OSError, ValueError, IndexError) as exc:
+            raise SourceError(f"cannot read {self.path!r} page {z}: {exc}") from exc
+        return out
+
+
+@dataclass(frozen=True)
+class _PageRange:
+    """Pages z0:z1 of a multi-page TIFF, renumbered from zero."""
+
+    whole: MultiPageTiffSource
+    z0: int
+    z1: int
+
+    @property
+    def size(self) -> XYZ:
+        x, y, _ = self.whole.size
+        return (x, y, self.z1 - self.z0)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.whole.dtype
+
+    @property
+    def read_overhead_bytes(self) -> int:
+        return self.whole.read_overhead_bytes
+
+    def read(self, box: Box) -> np.ndarray:
+        return self.whole.read(
+            Box(
+                (box.start[0], box.start[1], box.start[2] + self.z0),
+                (box.stop[0], box.stop[1], box.stop[2] + self.z0),
+            )
+        )
+
+    def sub_stack(self, z0: int, z1: int) -> PlaneSource:
+        return _PageRange(self.whole, self.z0 + z0, self.z0 + z1)
+
+
+def _read_plane_region(path: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Rows y0:y1, columns x0:x1 of a one-plane TIFF, decoding only the strips or tiles needed."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            dtype = np.dtype(page.dtype)
+            if page.is_contiguous and page.compression == 1 and not page.is_tiled:
+                offset = int(page.dataoffsets[0])
+                row_bytes = page.shape[-1] * dtype.itemsize
+                fh = tif.filehandle
+                fh.seek(offset + y0 * row_bytes)
+                raw = fh.read((y1 - y0) * row_bytes)
+                if len(raw) != (y1 - y0) * row_bytes:
+                    raise SourceError(f"plane {path!r} is truncated")
+                byteorder = "<" if tif.byteorder == "<" else ">"
+                rows = np.frombuffer(raw, dtype.newbyteorder(byteorder)).reshape(y1 - y0, -1)
+                return rows[:, x0:x1].astype(dtype.newbyteorder("="), copy=False)
+            return _decode_segments(tif, page, y0, y1, x0, x1)
+    except SourceError:
+        raise
+    except Exception as exc:  # tifffile and imagecodecs raise many kinds for damaged files
+        raise SourceError(f"cannot read plane {path!r}: {exc}") from exc
+
+
+def _decode_segments(tif: Any, page: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    seg_h, seg_w = page.chunks[-2], page.chunks[-1]
+    n_y, n_x = page.chunked[-2], page.chunked[-1]
+    out = np.empty((y1 - y0, x1 - x0), np.dtype(page.dtype).newbyteorder("="))
+    fh = tif.filehandle
+    for iy in range(y0 // seg_h, min(n_y, -(-y1 // seg_h))):
+        for ix in range(x0 // seg_w, min(n_x, -(-x1 // seg_w))):
+            index = iy * n_x + ix
+            fh.seek(page.dataoffsets[index])
+            data = fh.read(page.databytecounts[index])
+            if len(data) != page.databytecounts[index]:
+                raise SourceError(f"plane {tif.filehandle.path!r} is truncated")
+            segment, (_, _, sy, sx, _), _ = page.decode(data, index, jpegtables=page.jpegtables)
+            if segment is None:
+                raise SourceError(f"plane {tif.filehandle.path!r}: cannot decode segment {index}")
+            segment = segment.reshape(segment.shape[-3], segment.shape[-2])
+            dy0, dy1 = max(sy, y0), min(sy + segment.shape[0], y1)
+            dx0, dx1 = max(sx, x0), min(sx + segment.shape[1], x1)
+            if dy0 < dy1 and dx0 < dx1:
+                out[dy0 - y0 : dy1 - y0, dx0 - x0 : dx1 - x0] = segment[
+                    dy0 - sy : dy1 - sy, dx0 - sx : dx1 - sx
+                ]
+    return out
+
+
+@dataclass(frozen=True)
+class _PlaneHeader:
+    shape: tuple[int, ...]
+    dtype: str
+    samples: int
+    pages: int
+    segment_bytes: int
+
+
+def _read_header(path: str) -> _PlaneHeader:
+    import tifffile
+
+    try:
+        size = os.path.getsize(path)
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
+            if ends and max(ends) > size:
+                raise SourceError(
+                    f"{path!r} is truncated: its pixel data ends at byte {max(ends)}, "
+                    f"the file has {size}"
+                )
+            return _PlaneHeader(
+                shape=tuple(page.shape),
+                dtype=np.dtype(page.dtype).name,
+                samples=int(page.samplesperpixel),
+                pages=len(tif.pages),
+                segment_bytes=0
+                if page.is_contiguous and page.compression == 1
+                else int(np.prod(page.chunks)) * np.dtype(page.dtype).itemsize,
+            )
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise SourceError(f"{path!r} is not a readable TIFF file: {exc}") from exc
+
+
+def _check_plane(path: str, header: _PlaneHeader) -> None:
+    if header.samples > 1 or len(header.shape) != 2:
+        raise SourceError(
+            f"plane {os.path.basename(path)!r} has shape {header.shape} with "
+            f"{header.samples} samples per pixel (RGB or multi-channel); expected one grey "
+            "channel per plane: split the channels into separate stacks first"
+        )
+    if header.dtype not in SUPPORTED_DTYPES:
+        raise SourceError(
+            f"plane {os.path.basename(path)!r} has data type {header.dtype}; "
+            f"expected one of {', '.join(SUPPORTED_DTYPES)}"
+        )
+
+
+def open_source(source: str, *, decode_threads: int = 2) -> PlaneSource:
+    """Open `source`: a glob of TIFF planes, a folder of them, or one multi-page TIFF.
+
+    Every plane's header is checked; raises `SourceError` naming the first bad file.
+    """
+    if os.path.isdir(source):
+        paths = sorted(
+            os.path.join(source, name)
+            for name in os.listdir(source)
+            if name.lower().endswith(TIFF_SUFFIXES)
+        )
+        if not paths:
+            raise SourceError(f"folder {source!r} holds no .tif or .tiff files")
+    elif os.path.isfile(source) and not glob.has_magic(source):
+        return _open_multipage(source)
+    else:
+        paths = sorted(p for p in glob.glob(source) if os.path.isfile(p))
+        if not paths:
+            raise SourceError(f"--source {source!r} matches no files")
+        if len(paths) == 1:
+            return _open_multipage(paths[0])
+    return _open_planes(paths, decode_threads=decode_threads)
+
+
+def _open_planes(paths: Sequence[str], *, decode_threads: int) -> TiffPlanesSource:
+    warn_if_unpadded_numbers(paths)
+    with ThreadPoolExecutor(8) as pool:
+        headers = list(pool.map(_read_header, paths))
+    first_path, first = paths[0], headers[0]
+    for path, header in zip(paths, headers):
+        _check_plane(path, header)
+        if header.pages > 1:
+            raise SourceError(
+                f"{os.path.basename(path)!r} holds {header.pages} pages; give a multi-page TIFF "
+                "alone as --source, or one plane per file"
+            )
+        if header.shape != first.shape or header.dtype != first.dtype:
+            raise SourceError(
+                f"plane {os.path.basename(path)!r} has shape {header.shape} and type "
+                f"{header.dtype}; expected {first.shape} and {first.dtype} "
+                f"like {os.path.basename(first_path)!r}"
+            )
+    shape = (int(first.shape[0]), int(first.shape[1]))
+    segment_bytes = max(h.segment_bytes for h in headers)
+    return TiffPlanesSource(tuple(paths), shape, first.dtype, decode_threads, segment_bytes)
+
+
+def _open_multipage(path: str) -> PlaneSource:
+    import tifffile
+
+    header = _read_header(path)
+    if header.pages == 1:
+        _check_plane(path, header)
+        return TiffPlanesSource(
+            (path,), (header.shape[0], header.shape[1]), header.dtype, 1, header.segment_bytes
+        )
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = tuple(int(s) for s in series.shape)
+            axes = series.axes
+            dtype = np.dtype(series.dtype).name
+    except Exception as exc:
+        raise SourceError(f"{path!r} is not a readable TIFF file: {exc}") from exc
+    kept = [(a, s) for a, s in zip(axes, shape) if s > 1 or a in "YX"]
+    kept_axes = "".join(a for a, _ in kept)
+    if any(a in "SC" for a in kept_axes) or len(kept) != 3:
+        raise SourceError(
+            f"{os.path.basename(path)!r} holds a stack of shape {shape} with axes {axes!r}; "
+            "expected a single-channel z-stack (one grey plane per page)"
+        )
+    if dtype not in SUPPORTED_DTYPES:
+        raise SourceError(
+            f"{os.path.basename(path)!r} has data type {dtype}; "
+            f"expected one of {', '.join(SUPPORTED_DTYPES)}"
+        )
+    z, y, x = (s for _, s in kept)
+    return MultiPageTiffSource(path, (z, y, x), dtype)
+
+
+_NUMBER = re.compile(r"(\d+)")
+
+
+def warn_if_unpadded_numbers(paths: Sequence[str]) -> None:
+    """Warn when alphabetical order differs from numeric order (``img_10`` before ``img_2``)."""
+    numbered = []
+    for path in paths:
+        numbers = _NUMBER.findall(os.path.basename(path))
+        if not numbers:
+            return
+        numbered.append(int(numbers[-1]))
+    for before, after, path_a, path_b in zip(numbered, numbered[1:], paths, paths[1:]):
+        if after < before:
+            log.warning(
+                "plane names look numbered without zero padding: %r sorts before %r; "
+                "planes are taken in alphabetical order",
+                os.path.basename(path_a),
+                os.path.basename(path_b),
+            )
+            return

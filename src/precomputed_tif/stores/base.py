@@ -1,0 +1,129 @@
+"""The chunk-store interface every on-disk layout implements, and the behaviour they share.
+
+A store knows one layout (tiff, zarr, blockfs, ...) under one destination folder. Writers hand it
+whole chunks of a level; readers ask for any box and get zeros where nothing was written. The
+write side is split into task writers so that many processes can fill one level at once, and a
+layout that must gather their output (blockfs) does so in `commit_task`, in task order, so the
+bytes on disk never depend on which task finished first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError
+from ..geometry import Box, chunks_in
+from ..pyramid import Pyramid
+
+INFO_NAME = "info"
+STATE_DIR = ".precomputed-tif"
+
+
+def write_atomically(path: str, data: bytes | memoryview) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_info(path: str) -> dict[str, Any]:
+    info_path = os.path.join(path, INFO_NAME)
+    try:
+        with open(info_path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError as exc:
+        raise StoreError(f"{path!r} has no info file: not a precomputed volume") from exc
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read {info_path!r}: {exc}") from exc
+
+
+class TaskWriter:
+    """Writes the chunks of one task; `close` makes them durable. Most layouts need no more."""
+
+    def __init__(self, store: ChunkStore, level: int) -> None:
+        self.store = store
+        self.level = level
+
+    def write_chunk(self, box: Box, data: np.ndarray) -> None:
+        self.store.write_chunk(self.level, box, data)
+
+    def write_region(self, box: Box, data: np.ndarray) -> None:
+        """Write a chunk-aligned `box` of this level, chunk by chunk."""
+        scale = self.store.pyramid.scale(self.level)
+        for _, chunk in chunks_in(box, scale.chunk_size, scale.size):
+            self.write_chunk(chunk, data[chunk.relative_to(box.start).numpy_slices()])
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkStore(ABC):
+    """One volume folder in one layout. Picklable: it holds only the path and the pyramid."""
+
+    path: str
+    pyramid: Pyramid
+
+    format_name = "abstract"
+
+    # --- writing -----------------------------------------------------------------------
+    def prepare_level(self, level: int) -> None:
+        """Create what a level needs before tasks write to it (folders, array metadata)."""
+        os.makedirs(self.level_path(level), exist_ok=True)
+
+    def task_writer(self, level: int, task_index: int) -> TaskWriter:
+        return TaskWriter(self, level)
+
+    def commit_task(self, level: int, task_index: int) -> None:
+        """Called by the driver once per finished task, in task order."""
+
+    def finish_level(self, level: int) -> None:
+        """Called once every task of the level is committed."""
+
+    @abstractmethod
+    def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
+        """Store one whole chunk (edge chunks clipped) of `level`; `data` is (z, y, x)."""
+
+    def write_info(self) -> None:
+        write_atomically(os.path.join(self.path, INFO_NAME), self.pyramid.info_bytes())
+
+    # --- reading -----------------------------------------------------------------------
+    @abstractmethod
+    def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
+        """The (z, y, x) voxels of one chunk, or None when it was never written."""
+
+    def read_region(self, level: int, box: Box) -> np.ndarray:
+        """Any box of `level` as a (z, y, x) array; unwritten chunks and outside read as zero."""
+        scale = self.pyramid.scale(level)
+        out = np.zeros(box.numpy_shape, self.pyramid.dtype)
+        for _, chunk in chunks_in(box, scale.chunk_size, scale.size):
+            data = self.read_chunk(level, chunk)
+            if data is None:
+                continue
+            part = chunk.intersect(box)
+            out[part.relative_to(box.start).numpy_slices()] = data[
+                part.relative_to(chunk.start).numpy_slices()
+            ]
+        return out
+
+    def level_path(self, level: int) -> str:
+        return os.path.join(self.path, self.pyramid.scale(level).key)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # caches that subclasses keep must not travel to other processes
+        return (type(self), (self.path, self.pyramid))
