@@ -121,6 +121,7 @@ def read_region(planes: Sequence[str], start: XYZ, stop: XYZ) -> np.ndarray:
     """Voxels [start, stop) of the stack as (z, y, x), memory-mapping the planes if possible."""
     rows = []
     for z in range(start[2], stop[2]):
+        plane: np.ndarray
         try:
             plane = tifffile.memmap(planes[z], mode="r")
         except ValueError:  # compressed or not contiguous: read it whole

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,11 +64,19 @@ class Contender:
     checks: list[str] = field(default_factory=list)
     files: int = 0
     out_bytes: int = 0
-    detail: dict[str, Any] = field(default_factory=dict)
+    details: list[dict[str, Any]] = field(default_factory=list)  # the recipes' JSON, per run
+
+    def best_index(self) -> int | None:
+        ok = [i for i, r in enumerate(self.runs) if r.ok]
+        return min(ok, key=lambda i: self.runs[i].wall_s) if ok else None
 
     def best(self) -> RunResult | None:
-        ok = [r for r in self.runs if r.ok]
-        return min(ok, key=lambda r: r.wall_s) if ok else None
+        i = self.best_index()
+        return None if i is None else self.runs[i]
+
+    def median_wall(self) -> float | None:
+        walls = [r.wall_s for r in self.runs if r.ok]
+        return float(statistics.median(walls)) if walls else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,9 +331,9 @@ def main() -> None:
             assert c.out is not None
             result = run_one(c, a.timeout, workdir)
             c.runs.append(result)
+            c.details.append(last_json(result.stdout) if result.ok else {})
             if result.ok:
                 c.files, c.out_bytes = tree_size(c.out) if c.out.exists() else (0, 0)
-                c.detail = last_json(result.stdout)
                 if c.check:
                     ok, note = reference.check(c.out, dtype)
                     c.checks.append(note)
@@ -365,8 +374,8 @@ def report(
     print("-" * len(header))
     rows: dict[str, Any] = {}
     for c in contenders:
-        best = c.best()
-        if c.argv is None or best is None:
+        best_i = c.best_index()
+        if c.argv is None or best_i is None:
             reason = c.skip_reason
             if c.argv is not None:
                 reason = f"failed (exit {c.runs[-1].returncode})" if c.runs else "not run"
@@ -375,18 +384,18 @@ def report(
             )
             rows[c.name] = {"status": reason}
             continue
+        best = c.runs[best_i]
+        detail = c.details[best_i]
         vs_ts = ratio(best.wall_s, ts_wall) if c.name != "tensorstore" else None
         vs_floor = ratio(best.wall_s, floor_wall) if c.name != "floor" else None
         vs_orig = (
             ratio(best.wall_s, wall(f"original-{c.fmt}")) if c.name.startswith("ours") else None
         )
         notes = []
-        if c.name == "floor" and c.detail:
-            notes.append(f"read {c.detail.get('read_s')} s + write {c.detail.get('write_s')} s")
-        elif c.detail.get("level1_s") is not None:
-            notes.append(
-                f"level 1 {c.detail['level1_s']} s + downsample {c.detail['downsample_s']} s"
-            )
+        if c.name == "floor" and detail:
+            notes.append(f"read {detail.get('read_s')} s + write {detail.get('write_s')} s")
+        elif detail.get("level1_s") is not None:
+            notes.append(f"level 1 {detail['level1_s']} s + downsample {detail['downsample_s']} s")
         if c.checks:
             notes.append(c.checks[-1])
         print(
@@ -397,6 +406,7 @@ def report(
         rows[c.name] = {
             "status": "ok",
             "wall_s": round(best.wall_s, 3),
+            "median_wall_s": round(c.median_wall() or 0.0, 3),
             "walls_s": [round(r.wall_s, 3) for r in c.runs],
             "peak_rss_mib": round(best.peak_rss_mib, 1),
             "peak_rss_mib_max": round(max(r.peak_rss_mib for r in c.runs if r.ok), 1),
@@ -406,7 +416,7 @@ def report(
             "vs_original": round(vs_orig, 3) if vs_orig else None,
             "vs_floor": round(vs_floor, 3) if vs_floor else None,
             "check": c.checks[-1] if c.checks else None,
-            "detail": c.detail,
+            "detail": detail,
         }
     print()
     print(f"precomputed-tif: {ours_note}")

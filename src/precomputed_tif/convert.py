@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
@@ -239,7 +240,9 @@ def convert(
             task_bytes(pyramid, stage.first, stage.region, source.read_overhead_bytes) / 2**20,
         )
     for stage in stages:
+        started = time.perf_counter()
         _run_stage(source, store, stage, executor, budget.n_workers, progress)
+        log.info("levels %d-%d done in %.1f s", stage.first, stage.last, time.perf_counter() - started)
     store.write_info()
     run["complete"] = True
     write_atomically(_state_path(store.path, RUN_FILE), json.dumps(run, indent=1).encode())

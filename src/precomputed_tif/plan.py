@@ -108,8 +108,8 @@ def plan_stages(
         if chosen is None:
             need = task_bytes(pyramid, first, pyramid.scale(first).chunk_size, read_overhead)
             raise PlanError(
-                f"the memory budget allows {task_budget_bytes / 2**20:.0f} MiB per worker; "
-                f"a task of level {first} needs at least {need / 2**20:.0f} MiB: "
+                f"the memory budget allows {task_budget_bytes / 2**20:.1f} MiB per worker; "
+                f"a task of level {first} needs at least {need / 2**20:.1f} MiB: "
                 "raise --memory or lower --n-cores"
             )
         stages.append(chosen)

@@ -1,0 +1,150 @@
+"""Plane sources: every TIFF flavour reads back exactly, and bad input fails with a clear message."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import random_stack, write_planes
+from precomputed_tif import SourceError, open_source
+from precomputed_tif.geometry import Box
+
+FLAVOURS = {
+    "uncompressed": {},
+    "deflate": {"compression": "zlib"},
+    "lzw": {"compression": "lzw"},
+    "packbits": {"compression": "packbits"},
+    "zstd": {"compression": "zstd"},
+    "striped": {"compression": "zlib", "rowsperstrip": 3},
+    "uncompressed_striped": {"rowsperstrip": 5},
+    "tiled": {"compression": "zstd", "tile": (16, 16)},
+    "tiled_uncompressed": {"tile": (16, 32)},
+    "bigtiff": {"bigtiff": True, "compression": "zlib"},
+    "big_endian": {"byteorder": ">"},
+    "big_endian_deflate": {"byteorder": ">", "compression": "zlib", "rowsperstrip": 4},
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("dtype", ["uint16", "int32", "float32"])
+def test_every_flavour_reads_back_exactly(tmp_path, flavour, dtype):
+    stack = random_stack((4, 37, 45), dtype, seed=1)
+    source = open_source(write_planes(tmp_path, stack, **FLAVOURS[flavour]))
+    assert source.size == (45, 37, 4)
+    assert source.dtype == np.dtype(dtype)
+    # whole planes, and bands and columns that cut strips and tiles in the middle
+    for box in [
+        Box((0, 0, 0), (45, 37, 4)),
+        Box((7, 5, 1), (40, 22, 3)),
+        Box((44, 36, 3), (45, 37, 4)),
+    ]:
+        got = source.read(box)
+        assert got.dtype.isnative
+        np.testing.assert_array_equal(got, stack[box.numpy_slices()])
+
+
+def test_folder_source_takes_tif_and_tiff(tmp_path):
+    stack = random_stack((3, 8, 9), "uint8")
+    names = ["a_0.tif", "a_1.TIFF", "a_2.tiff"]
+    write_planes(tmp_path, stack, names=names)
+    (tmp_path / "notes.txt").write_text("not a plane")
+    source = open_source(str(tmp_path))
+    np.testing.assert_array_equal(source.read(Box((0, 0, 0), source.size)), stack)
+
+
+def test_glob_is_sorted_alphabetically_and_warns_about_unpadded_numbers(tmp_path, caplog):
+    stack = random_stack((3, 4, 5), "uint8")
+    write_planes(tmp_path, stack, names=["img_1.tif", "img_10.tif", "img_2.tif"])
+    with caplog.at_level(logging.WARNING):
+        source = open_source(str(tmp_path / "*.tif"))
+    # alphabetical: img_1, img_10, img_2 -> planes 0, 1, 2 as written
+    np.testing.assert_array_equal(source.read(Box((0, 0, 0), source.size)), stack)
+    assert "without zero padding" in caplog.text and "'img_10.tif'" in caplog.text
+
+
+def test_padded_numbers_do_not_warn(tmp_path, caplog):
+    write_planes(tmp_path, random_stack((3, 4, 5), "uint8"))
+    with caplog.at_level(logging.WARNING):
+        open_source(str(tmp_path / "*.tif"))
+    assert caplog.text == ""
+
+
+def test_empty_glob(tmp_path):
+    with pytest.raises(SourceError, match="matches no files"):
+        open_source(str(tmp_path / "*.tif"))
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(SourceError, match="holds no .tif"):
+        open_source(str(tmp_path))
+
+
+def test_not_a_tiff(tmp_path):
+    write_planes(tmp_path, random_stack((2, 4, 5), "uint8"))
+    (tmp_path / "plane_0001.tif").write_bytes(b"this is not a tiff at all")
+    with pytest.raises(SourceError, match="plane_0001.tif.*not a readable TIFF"):
+        open_source(str(tmp_path / "*.tif"))
+
+
+def test_truncated_tiff(tmp_path):
+    write_planes(tmp_path, random_stack((2, 64, 64), "uint16"))
+    path = tmp_path / "plane_0001.tif"
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(SourceError, match="plane_0001.tif.*truncated"):
+        open_source(str(tmp_path / "*.tif"))
+
+
+def test_shape_mismatch_names_the_file_and_both_shapes(tmp_path):
+    write_planes(tmp_path, random_stack((2, 10, 12), "uint16"))
+    tifffile.imwrite(tmp_path / "plane_0002.tif", np.zeros((10, 11), np.uint16))
+    with pytest.raises(SourceError) as info:
+        open_source(str(tmp_path / "*.tif"))
+    message = str(info.value)
+    assert "'plane_0002.tif'" in message and "(10, 11)" in message and "(10, 12)" in message
+    assert "'plane_0000.tif'" in message
+
+
+def test_dtype_mismatch(tmp_path):
+    write_planes(tmp_path, random_stack((2, 10, 12), "uint16"))
+    tifffile.imwrite(tmp_path / "plane_0002.tif", np.zeros((10, 12), np.uint8))
+    with pytest.raises(SourceError, match="plane_0002.tif.*uint8.*uint16"):
+        open_source(str(tmp_path / "*.tif"))
+
+
+def test_rgb_is_refused_not_guessed(tmp_path):
+    tifffile.imwrite(tmp_path / "rgb_0.tif", np.zeros((10, 12, 3), np.uint8), photometric="rgb")
+    tifffile.imwrite(tmp_path / "rgb_1.tif", np.zeros((10, 12, 3), np.uint8), photometric="rgb")
+    with pytest.raises(SourceError, match="3 samples per pixel"):
+        open_source(str(tmp_path / "*.tif"))
+
+
+def test_multichannel_stack_is_refused(tmp_path):
+    path = tmp_path / "hyperstack.tif"
+    tifffile.imwrite(
+        path, np.zeros((4, 2, 10, 12), np.uint16), imagej=True, metadata={"axes": "ZCYX"}
+    )
+    with pytest.raises(SourceError, match="single-channel"):
+        open_source(str(path))
+
+
+def test_unsupported_dtype(tmp_path):
+    write_planes(tmp_path, np.zeros((2, 4, 4), np.float64))
+    with pytest.raises(SourceError, match="float64"):
+        open_source(str(tmp_path / "*.tif"))
+
+
+def test_multipage_file_inside_a_glob_is_refused(tmp_path):
+    write_planes(tmp_path, random_stack((2, 4, 5), "uint8"))
+    tifffile.imwrite(
+        tmp_path / "plane_0002.tif", np.zeros((3, 4, 5), np.uint8), photometric="minisblack"
+    )
+    with pytest.raises(SourceError, match="holds 3 pages"):
+        open_source(str(tmp_path / "*.tif"))
+
+
+def test_sources_are_errors_of_the_builtin_kind(tmp_path):
+    with pytest.raises(ValueError):
+        open_source(str(tmp_path / "*.tif"))
