@@ -1,4 +1,4 @@
-"""Plane sources: every TIFF flavour reads back exactly, and bad input fails with a clear message."""
+"""Plane sources: every TIFF flavour reads back exactly; bad input fails with a clear message."""
 
 from __future__ import annotations
 

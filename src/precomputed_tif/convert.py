@@ -242,7 +242,8 @@ def convert(
     for stage in stages:
         started = time.perf_counter()
         _run_stage(source, store, stage, executor, budget.n_workers, progress)
-        log.info("levels %d-%d done in %.1f s", stage.first, stage.last, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        log.info("levels %d-%d done in %.1f s", stage.first, stage.last, elapsed)
     store.write_info()
     run["complete"] = True
     write_atomically(_state_path(store.path, RUN_FILE), json.dumps(run, indent=1).encode())
