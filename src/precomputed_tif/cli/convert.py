@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory budget for all processes, e.g. 2G or 500M (default: half the free memory)",
     )
     parser.add_argument(
+        "--task-memory",
+        type=parse_size,
+        default=None,
+        help="memory for one task, e.g. 256M (default: derived from --memory and --n-cores)",
+    )
+    parser.add_argument(
         "--segmentation",
         action="store_true",
         help="the stack holds labels: mark it a segmentation and downsample by "
@@ -104,7 +110,10 @@ def _budget(args: argparse.Namespace) -> Any:
         )
     if n_workers < args.n_cores:
         log.warning("--memory allows %d worker(s), not %d", n_workers, args.n_cores)
-    return Budget(n_workers=n_workers, task_bytes=min(usable // n_workers, DEFAULT_TASK_BYTES))
+    task_bytes = min(usable // n_workers, DEFAULT_TASK_BYTES)
+    if args.task_memory is not None:
+        task_bytes = min(args.task_memory, usable // n_workers)
+    return Budget(n_workers=n_workers, task_bytes=task_bytes)
 
 
 class _Bars:
