@@ -49,24 +49,30 @@ class Task:
 
 def task_bytes(pyramid: Pyramid, stage_first: int, region: XYZ, read_overhead: int) -> int:
     """Peak memory of one task of a stage whose tasks cover `region` voxels of `stage_first`."""
-    voxels = region[0] * region[1] * region[2]
+    size = pyramid.scale(stage_first).size
+    voxels = 1
+    for r, s in zip(region, size):
+        voxels *= min(r, s)
     read_factor = 1 if stage_first == 1 else 8  # level first-1 is read to make level first
     return int(voxels * pyramid.dtype.itemsize * (read_factor + _HEADROOM)) + read_overhead
 
 
 def _region_for(
-    pyramid: Pyramid, first: int, depth: int, budget: int, read_overhead: int
+    pyramid: Pyramid, first: int, depth: int, budget: int, read_overhead: int, *, cut_x: bool
 ) -> XYZ | None:
-    """The largest task region for a stage of `depth` levels that fits `budget`, or None."""
+    """The largest task region for a stage of `depth` levels that fits `budget`, or None.
+
+    Regions keep whole rows (x) when they can: planes are read row by row, and a task that
+    takes part of each row makes every task read more of the file than it uses.
+    """
     scale = pyramid.scale(first)
     unit = tuple(c * 2 ** (depth - 1) for c in scale.chunk_size)
-    # whole rows are cheapest to read, so keep x full and cut along y first, then x
     extent = [-(-s // u) * u for s, u in zip(scale.size, unit)]
     region = [extent[0], extent[1], unit[2]]
-    while task_bytes(pyramid, first, tuple(region), read_overhead) > budget:
+    while task_bytes(pyramid, first, (region[0], region[1], region[2]), read_overhead) > budget:
         if region[1] > unit[1]:
             region[1] = max(unit[1], -(-region[1] // (2 * unit[1])) * unit[1])
-        elif region[0] > unit[0]:
+        elif region[0] > unit[0] and cut_x:
             region[0] = max(unit[0], -(-region[0] // (2 * unit[0])) * unit[0])
         else:
             return None
@@ -88,23 +94,12 @@ def plan_stages(
     stages = []
     first = 1
     while first <= pyramid.n_levels:
-        chosen = None
-        shallow_tasks = None
-        for depth in range(pyramid.n_levels - first + 1, 0, -1):
-            overhead = read_overhead if first == 1 else 0
-            region = _region_for(pyramid, first, depth, task_budget_bytes, overhead)
-            if region is None:
-                continue
-            stage = Stage(first, first + depth - 1, region)
-            if depth == 1:
-                chosen = stage
-                break
-            if shallow_tasks is None:
-                shallow = _region_for(pyramid, first, 1, task_budget_bytes, overhead)
-                shallow_tasks = count_tasks(pyramid, Stage(first, first, shallow)) if shallow else 0
-            if count_tasks(pyramid, stage) >= min(n_workers, shallow_tasks):
-                chosen = stage
-                break
+        overhead = read_overhead if first == 1 else 0
+        chosen = _choose_stage(pyramid, first, task_budget_bytes, n_workers, overhead, cut_x=False)
+        if chosen is None:
+            chosen = _choose_stage(
+                pyramid, first, task_budget_bytes, n_workers, overhead, cut_x=True
+            )
         if chosen is None:
             need = task_bytes(pyramid, first, pyramid.scale(first).chunk_size, read_overhead)
             raise PlanError(
@@ -115,6 +110,24 @@ def plan_stages(
         stages.append(chosen)
         first = chosen.last + 1
     return tuple(stages)
+
+
+def _choose_stage(
+    pyramid: Pyramid, first: int, budget: int, n_workers: int, overhead: int, *, cut_x: bool
+) -> Stage | None:
+    """The deepest stage from `first` that fits `budget` and still keeps every worker busy."""
+    shallow = _region_for(pyramid, first, 1, budget, overhead, cut_x=cut_x)
+    if shallow is None:
+        return None
+    shallow_tasks = count_tasks(pyramid, Stage(first, first, shallow))
+    for depth in range(pyramid.n_levels - first + 1, 1, -1):
+        region = _region_for(pyramid, first, depth, budget, overhead, cut_x=cut_x)
+        if region is None:
+            continue
+        stage = Stage(first, first + depth - 1, region)
+        if count_tasks(pyramid, stage) >= min(n_workers, shallow_tasks):
+            return stage
+    return Stage(first, first, shallow)
 
 
 def stage_tasks(

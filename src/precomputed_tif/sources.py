@@ -200,16 +200,23 @@ def _read_plane_region(path: str, y0: int, y1: int, x0: int, x1: int) -> np.ndar
             page = tif.pages.first
             dtype = np.dtype(page.dtype)
             if page.is_contiguous and page.compression == 1 and not page.is_tiled:
-                offset = int(page.dataoffsets[0])
-                row_bytes = page.shape[-1] * dtype.itemsize
-                fh = tif.filehandle
-                fh.seek(offset + y0 * row_bytes)
-                raw = fh.read((y1 - y0) * row_bytes)
-                if len(raw) != (y1 - y0) * row_bytes:
-                    raise SourceError(f"plane {path!r} is truncated")
                 byteorder = "<" if tif.byteorder == "<" else ">"
-                rows = np.frombuffer(raw, dtype.newbyteorder(byteorder)).reshape(y1 - y0, -1)
-                return rows[:, x0:x1].astype(dtype.newbyteorder("="), copy=False)
+                size = os.path.getsize(path)
+                offset = int(page.dataoffsets[0])
+                height, width = page.shape[-2], page.shape[-1]
+                if offset + height * width * dtype.itemsize > size:
+                    raise SourceError(f"plane {path!r} is truncated")
+                # a memory map reads only the pages holding the rows and columns asked for
+                plane = np.memmap(
+                    path,
+                    dtype.newbyteorder(byteorder),
+                    mode="r",
+                    offset=offset,
+                    shape=(height, width),
+                )
+                rows = np.array(plane[y0:y1, x0:x1], dtype.newbyteorder("="))
+                del plane
+                return rows
             return _decode_segments(tif, page, y0, y1, x0, x1)
     except SourceError:
         raise
