@@ -203,3 +203,16 @@ def test_task_records_pickle(tmp_path):
         for stage in plan_stages(pyramid, task_budget_bytes=10_000, n_workers=2):
             for task in stage_tasks(pyramid, stage, store, source):
                 assert pickle.loads(pickle.dumps(task)) == task or pickle.loads(pickle.dumps(task))
+
+
+def test_zarr_output_opens_in_tensorstore(tmp_path):
+    ts = pytest.importorskip("tensorstore")
+    stack = random_stack((20, 30, 40), "uint16", seed=10)
+    source = write_planes(tmp_path / "planes", stack)
+    _convert(source, str(tmp_path / "out"), "zarr", chunk=(16, 16, 16))
+    expected = reference_pyramid(stack, 3)
+    for level, key in enumerate(["1_1_1", "2_2_2", "4_4_4"]):
+        array = ts.open(
+            {"driver": "zarr", "kvstore": {"driver": "file", "path": str(tmp_path / "out" / key)}}
+        ).result()
+        np.testing.assert_array_equal(array.read().result(), expected[level])
