@@ -232,7 +232,7 @@ def convert(
     stages = tuple(_stage_from_json(s) for s in run["stages"])
     for stage in stages:
         log.info(
-            "levels %d-%d: %d tasks of %s voxels, about %.0f MiB each",
+            "levels %d-%d: %d tasks of %s voxels, about %.1f MiB each",
             stage.first,
             stage.last,
             count_tasks(pyramid, stage),

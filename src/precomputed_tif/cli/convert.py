@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -141,10 +142,21 @@ class _Bars:
             )
             self.bars[level] = bar
         bar.update(voxels)
+        if bar.n >= total:
+            bar.close()  # stops its clock: the rate shown stays this level's own
 
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def _logging_beside(bars: _Bars) -> contextlib.AbstractContextManager[Any]:
+    """Route log lines through tqdm while bars are drawn, so they do not tear the bars."""
+    if not bars.enabled:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         store = create_store(args.format, os.path.abspath(args.dest), pyramid)
         bars = _Bars(enabled=sys.stderr.isatty() and log.getEffectiveLevel() <= logging.INFO)
         try:
-            with process_pool(budget.n_workers) as executor:
+            with _logging_beside(bars), process_pool(budget.n_workers) as executor:
                 convert(
                     source,
                     store,
