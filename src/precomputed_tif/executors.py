@@ -31,7 +31,10 @@ def process_pool(n_workers: int) -> ProcessPoolExecutor:
     """A pool of `n_workers` processes; forkserver on Linux (fork is unsafe with threads)."""
     if sys.platform.startswith("linux"):
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["precomputed_tif.run"])
+        # imported once in the server, inherited by every worker it forks
+        context.set_forkserver_preload(
+            ["precomputed_tif.run", "numcodecs.blosc", "tifffile", "imagecodecs"]
+        )
     else:
         context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(max_workers=n_workers, mp_context=context)

@@ -15,7 +15,7 @@ log = logging.getLogger("precomputed_tif")
 
 PARENT_OVERHEAD = 200 * 2**20  # the driver process: interpreter, numpy, task bookkeeping
 WORKER_OVERHEAD = 120 * 2**20  # each worker: interpreter, numpy, tifffile, codecs
-DEFAULT_TASK_BYTES = 384 * 2**20  # bigger tasks stop paying off and only cost memory
+DEFAULT_TASK_BYTES = 256 * 2**20  # larger tasks barely run faster and cost memory (benchmarks/)
 
 
 def build_parser() -> argparse.ArgumentParser:
