@@ -41,6 +41,15 @@ def write_atomically(path: str, data: bytes | memoryview) -> None:
         raise
 
 
+def file_stamp(path: str) -> tuple[int, int] | None:
+    """(modification time in ns, size) of a file, or None when it does not exist."""
+    try:
+        stat = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
+
+
 def read_info(path: str) -> dict[str, Any]:
     info_path = os.path.join(path, INFO_NAME)
     try:
@@ -106,6 +115,14 @@ class ChunkStore(ABC):
     @abstractmethod
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         """The (z, y, x) voxels of one chunk, or None when it was never written."""
+
+    def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
+        """What changes when the chunk's bytes change (file times, sizes), or None if missing.
+
+        Servers build ETags and cache keys from it without reading the chunk.
+        """
+        data = self.read_chunk(level, box)
+        return None if data is None else (hash(data.tobytes()),)
 
     def read_region(self, level: int, box: Box) -> np.ndarray:
         """Any box of `level` as a (z, y, x) array; unwritten chunks and outside read as zero."""

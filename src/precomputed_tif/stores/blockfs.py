@@ -66,6 +66,13 @@ class BlockDirectory:
             + (z // bz) * int(m["ZStride"])
         )
 
+    def block_stamp(self, x: int, y: int, z: int) -> tuple[int, int] | None:
+        """(offset, size) of the block's bytes, or None when it was never written."""
+        i = self.block_index(x, y, z)
+        if i >= len(self.sizes) or self.sizes[i] == 0:
+            return None
+        return (int(self.offsets[i]), int(self.sizes[i]))
+
     def read_block(self, x: int, y: int, z: int) -> np.ndarray | None:
         """The clipped (z, y, x) block whose corner is (x, y, z), or None if never written."""
         import numcodecs.blosc
@@ -299,6 +306,19 @@ class BlockfsStore(ChunkStore):
         shutil.rmtree(self._state_path(level), ignore_errors=True)
 
     # --- reading -----------------------------------------------------------------------
+    def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
+        path = self.directory_path(level)
+        directory = open_directory(path)
+        stamps = [
+            directory.block_stamp(*block.start)
+            for _, block in chunks_in(box, directory.block_size_xyz, directory.extent_xyz)
+        ]
+        found = [s for s in stamps if s is not None]
+        if not found:
+            return None
+        stat = os.stat(path)
+        return (stat.st_mtime_ns, stat.st_size, *(n for s in found for n in s))
+
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         directory = open_directory(self.directory_path(level))
         if (

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..geometry import Box
-from .base import ChunkStore, write_atomically
+from .base import ChunkStore, file_stamp, write_atomically
 
 ZLIB_LEVEL = 1
 
@@ -36,6 +36,9 @@ class TiffStore(ChunkStore):
             photometric="minisblack",
         )
         write_atomically(self.chunk_path(level, box), buffer.getbuffer())
+
+    def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
+        return file_stamp(self.chunk_path(level, box))
 
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         import tifffile

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..geometry import Box
-from .base import ChunkStore, write_atomically
+from .base import ChunkStore, file_stamp, write_atomically
 
 ZARRAY = ".zarray"
 COMPRESSOR = {"id": "blosc", "cname": "zstd", "clevel": 1, "shuffle": 2, "blocksize": 0}
@@ -93,6 +93,10 @@ class ZarrStore(ChunkStore):
         path = self._chunk_key(level, box, "/")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_atomically(path, encoded)
+
+    def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
+        _, _, separator = self._meta(level)
+        return file_stamp(self._chunk_key(level, box, separator))
 
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         meta, codec, separator = self._meta(level)

@@ -1,0 +1,125 @@
+"""``precomputed-webserver``: serve a volume folder, or a sources.json, to Neuroglancer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from ._common import add_log_argument, parse_size, run_command, setup_logging
+
+log = logging.getLogger("precomputed_tif")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="precomputed-webserver",
+        description="Serve precomputed volumes over HTTP with CORS, for Neuroglancer.",
+    )
+    parser.add_argument("-p", "--port", type=int, default=9000, help="TCP port (default 9000)")
+    parser.add_argument(
+        "-a", "--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "-d", "--directory", default=".", help="volume folder to serve (default: the current one)"
+    )
+    parser.add_argument(
+        "-f",
+        "--format",
+        default=None,
+        choices=["tiff", "zarr", "blockfs", "raw"],
+        help="layout of the folder (default: detected)",
+    )
+    parser.add_argument(
+        "--config", help="serve the volumes named in this sources.json instead of --directory"
+    )
+    parser.add_argument(
+        "--cors-origin", default="*", help="Access-Control-Allow-Origin value (default *)"
+    )
+    parser.add_argument("--threads", type=int, default=16, help="worker threads (default 16)")
+    parser.add_argument(
+        "--cache-size",
+        type=parse_size,
+        default=parse_size("256M"),
+        help="memory for decoded chunks (default 256M)",
+    )
+    parser.add_argument(
+        "--gzip",
+        action="store_true",
+        help="gzip chunk answers for clients that accept it (costs CPU; helps slow networks)",
+    )
+    parser.add_argument(
+        "--viewer",
+        action="store_true",
+        help="also serve the Neuroglancer viewer and print a link to it (needs [viewer] extra)",
+    )
+    add_log_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log)
+    if args.log == "INFO":
+        logging.getLogger("waitress").setLevel(logging.WARNING)
+
+    def work() -> int:
+        from ..serve.app import PrecomputedApp
+        from ..serve.config import SourceTable, resolve_source
+        from ..serve.server import Server
+
+        viewer = None
+        if args.viewer:
+            from ..serve.viewer import client_folder
+
+            viewer = client_folder()
+        common = {
+            "cors_origin": args.cors_origin,
+            "gzip_chunks": args.gzip,
+            "cache_bytes": args.cache_size,
+            "viewer": viewer,
+        }
+        if args.config:
+            table = SourceTable(args.config)
+            app = PrecomputedApp(sources=table.current, **common)
+            served = [(s.name, "/" + s.name, s.directory) for s in table.current().values()]
+        else:
+            source = resolve_source("", args.directory, args.format)
+            app = PrecomputedApp(single=source, **common)
+            served = [(os.path.basename(source.directory) or "volume", "", source.directory)]
+        server = Server(app, args.bind, args.port, args.threads)
+        where = args.config or os.path.abspath(args.directory)
+        print(f"Serving {where} at {server.url}", flush=True)
+        if args.viewer:
+            print(f"Viewer: {_link(server.url, served)}", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.close()
+        return 0
+
+    return run_command(work, "precomputed-webserver")
+
+
+def _link(base_url: str, served: list[tuple[str, str, str]]) -> str:
+    from ..serve.viewer import viewer_link, viewer_state
+
+    layers = []
+    for name, path, directory in served:
+        try:
+            with open(os.path.join(directory, "info"), "rb") as f:
+                info = json.loads(f.read())
+        except (OSError, ValueError):
+            continue
+        layers.append((name, path, info))
+    if not layers:
+        return base_url + "/v/ng/"
+    return viewer_link(base_url, viewer_state(base_url, layers))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

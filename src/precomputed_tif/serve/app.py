@@ -1,0 +1,293 @@
+"""The WSGI application: route a request to a volume, then apply HTTP's rules in one place.
+
+Routes (``NAME/`` only when serving a sources.json):
+``GET /`` lists the sources; ``GET /NAME/info``; ``GET /NAME/R_R_R/x0-x1_y0-y1_z0-z1`` a chunk;
+any file of a ``raw`` folder; ``/v/...`` the bundled Neuroglancer viewer when enabled.
+Every answer carries CORS headers; GET and HEAD get ETag/Last-Modified revalidation, single byte
+ranges and gzip when it is enabled and accepted. Errors map to status codes here and nowhere
+else: bad paths 400/404/414, a method we do not serve 405, damaged data 500 (logged).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ..errors import StoreError
+from . import volumes
+from .config import Source
+from .http import (
+    JSON,
+    STATUS_TEXT,
+    FileRegion,
+    HttpError,
+    Response,
+    accepts_gzip,
+    error_response,
+    gzip_bytes,
+    not_modified,
+    parse_range,
+)
+
+log = logging.getLogger("precomputed_tif.serve")
+
+MAX_PATH = 2048
+GZIP_MIN_BYTES = 1024
+METHODS = ("GET", "HEAD", "OPTIONS")
+
+StartResponse = Callable[..., Any]
+
+
+class PrecomputedApp:
+    """Serve one volume (`single`) or the named volumes `sources()` returns.
+
+    Parameters
+    ----------
+    sources
+        A function giving the current name -> Source table (re-read for hot reloads).
+    single
+        Serve this one volume at the root instead of named sources.
+    cors_origin
+        The ``Access-Control-Allow-Origin`` value (``*`` by default).
+    gzip_chunks
+        Gzip chunk bodies for clients that accept it (info is always gzipped when accepted).
+    cache_bytes
+        Memory for decoded chunk bytes shared by all requests.
+    viewer
+        A folder holding the Neuroglancer client, served under ``/v/<token>/``.
+    """
+
+    def __init__(
+        self,
+        *,
+        sources: Callable[[], dict[str, Source]] | None = None,
+        single: Source | None = None,
+        cors_origin: str = "*",
+        gzip_chunks: bool = False,
+        cache_bytes: int = 256 * 2**20,
+        viewer: str | None = None,
+    ) -> None:
+        if (sources is None) == (single is None):
+            raise ValueError("give exactly one of sources= and single=")
+        self.sources = sources
+        self.single = single
+        self.cors_origin = cors_origin
+        self.gzip_chunks = gzip_chunks
+        self.viewer = os.path.realpath(viewer) if viewer else None
+        self.stores = volumes.StoreCache()
+        self.chunks = volumes.ChunkCache(cache_bytes)
+
+    # --- WSGI ------------------------------------------------------------------------------
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        try:
+            response = self._respond(method, environ)
+        except HttpError as exc:
+            response = error_response(exc.status, exc.reason)
+            if exc.status == 405:
+                response.headers["Allow"] = ", ".join(METHODS)
+        except StoreError as exc:
+            log.error("%s %s: damaged data: %s", method, _request_path(environ), exc)
+            response = error_response(500, "the stored data is damaged")
+        except Exception:
+            log.exception("%s %s failed", method, _request_path(environ))
+            response = error_response(500, "internal error")
+        self._add_cors(environ, response)
+        body = self._emit(method, environ, response)
+        status = STATUS_TEXT.get(response.status, f"{response.status} Unknown")
+        start_response(status, list(response.headers.items()))
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s %d %s %.1f ms",
+                method,
+                _request_path(environ),
+                response.status,
+                response.headers.get("Content-Length", "-"),
+                (time.perf_counter() - started) * 1000,
+            )
+        return body
+
+    # --- routing ---------------------------------------------------------------------------
+    def _respond(self, method: str, environ: dict[str, Any]) -> Response:
+        parts = _path_parts(environ)
+        if method == "OPTIONS":
+            return Response(204)
+        if method not in METHODS:
+            raise HttpError(405, f"method {method} is not served")
+        if self.viewer is not None and parts and parts[0] == "v":
+            return self._viewer_file(parts[1:])
+        if self.single is not None:
+            response = self._volume(self.single, parts)
+        elif parts in ([], [""]):
+            response = self._index(environ)
+        else:
+            assert self.sources is not None
+            source = self.sources().get(parts[0])
+            if source is None:
+                raise HttpError(404, f"no source named {parts[0]!r}")
+            response = self._volume(source, parts[1:])
+        return self._revalidate_and_range(environ, response)
+
+    def _volume(self, source: Source, parts: list[str]) -> Response:
+        if parts == ["info"]:
+            return volumes.serve_info(source)
+        if source.format == "raw":
+            if not parts or parts == [""]:
+                raise HttpError(404, "not found")
+            return volumes.serve_file(source, parts)
+        if len(parts) == 2:
+            return volumes.serve_chunk(source, self.stores, self.chunks, parts[0], parts[1])
+        raise HttpError(404, "not found")
+
+    def _index(self, environ: dict[str, Any]) -> Response:
+        assert self.sources is not None
+        names = sorted(self.sources())
+        if "application/json" in str(environ.get("HTTP_ACCEPT", "")):
+            return Response(200, json.dumps(names).encode(), {"Content-Type": JSON})
+        rows = "".join(
+            f'<li><a href="{html.escape(n)}/info">{html.escape(n)}</a></li>' for n in names
+        )
+        page = f"<!doctype html><html><body><h1>Sources</h1><ul>{rows}</ul></body></html>"
+        return Response(200, page.encode(), {"Content-Type": "text/html; charset=utf-8"})
+
+    def _viewer_file(self, parts: list[str]) -> Response:
+        assert self.viewer is not None
+        if len(parts) < 1 or not parts[0]:
+            raise HttpError(404, "the viewer lives at /v/ng/")
+        files = parts[1:] if len(parts) > 1 and parts[1] else ["index.html"]
+        viewer = Source("viewer", self.viewer, "raw")
+        return volumes.serve_file(viewer, files)
+
+    # --- HTTP rules ------------------------------------------------------------------------
+    def _revalidate_and_range(self, environ: dict[str, Any], response: Response) -> Response:
+        etag = response.headers.get("ETag")
+        mtime = _file_mtime(response.body)
+        if etag and not_modified(environ, etag, mtime):
+            kept = {k: v for k, v in response.headers.items() if k != "Content-Type"}
+            return Response(304, b"", kept)
+        response.headers["Accept-Ranges"] = "bytes"
+        size = response.length
+        try:
+            wanted = parse_range(environ.get("HTTP_RANGE"), size)
+        except HttpError:
+            return Response(416, b"", {"Content-Range": f"bytes */{size}"})
+        if wanted is not None:
+            start, end = wanted
+            response.status = 206
+            response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            response.body = _slice(response.body, start, end + 1)
+            return response
+        self._maybe_gzip(environ, response)
+        return response
+
+    def _maybe_gzip(self, environ: dict[str, Any], response: Response) -> None:
+        is_json = response.headers.get("Content-Type") == JSON
+        if not (is_json or self.gzip_chunks) or response.length < GZIP_MIN_BYTES:
+            return
+        response.headers["Vary"] = "Accept-Encoding"
+        if not accepts_gzip(environ):
+            return
+        body = _read_all(response.body)
+        response.body = gzip_bytes(body)
+        response.headers["Content-Encoding"] = "gzip"
+        if "ETag" in response.headers:
+            response.headers["ETag"] = response.headers["ETag"][:-1] + '-gz"'
+
+    def _add_cors(self, environ: dict[str, Any], response: Response) -> None:
+        headers = response.headers
+        headers["Access-Control-Allow-Origin"] = self.cors_origin
+        if self.cors_origin != "*":
+            headers["Vary"] = ", ".join(filter(None, [headers.get("Vary"), "Origin"]))
+        headers["Access-Control-Expose-Headers"] = "Content-Range, Content-Length, ETag"
+        if str(environ.get("REQUEST_METHOD", "")).upper() == "OPTIONS":
+            headers["Access-Control-Allow-Methods"] = ", ".join(METHODS)
+            headers["Access-Control-Allow-Headers"] = (
+                "range, if-none-match, if-modified-since, x-requested-with"
+            )
+            headers["Access-Control-Max-Age"] = "86400"
+
+    def _emit(self, method: str, environ: dict[str, Any], response: Response) -> Iterable[bytes]:
+        """Set the framing headers and return the body iterable (empty for HEAD, 204, 304)."""
+        headers = response.headers
+        if response.status in (204, 304):
+            headers.pop("Content-Length", None)
+            return []
+        headers["Content-Length"] = str(response.length)
+        if method == "HEAD":
+            return []
+        body = response.body
+        if isinstance(body, bytes):
+            return [body]
+        wrapper = environ.get("wsgi.file_wrapper")
+        if body.offset == 0 and wrapper is not None:
+            try:
+                handle = open(body.path, "rb")
+            except OSError:
+                return _file_blocks(body)
+            return wrapper(handle, 1 << 18)
+        return _file_blocks(body)
+
+
+def _path_parts(environ: dict[str, Any]) -> list[str]:
+    raw = environ.get("PATH_INFO", "") or "/"
+    if len(raw) > MAX_PATH:
+        raise HttpError(414, "path too long")
+    try:
+        path = raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError) as exc:
+        raise HttpError(400, "path is not UTF-8") from exc
+    if "\x00" in path or "\\" in path or not path.startswith("/"):
+        raise HttpError(400, "malformed path")
+    parts = path[1:].split("/")
+    for i, part in enumerate(parts):
+        if part in (".", ".."):
+            raise HttpError(400, "relative path segments are not allowed")
+        if part == "" and i != len(parts) - 1:
+            raise HttpError(400, "empty path segment")
+    return parts
+
+
+def _request_path(environ: dict[str, Any]) -> str:
+    path = str(environ.get("PATH_INFO", ""))[:200]
+    return path.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+def _file_mtime(body: bytes | FileRegion) -> float | None:
+    if isinstance(body, FileRegion):
+        try:
+            return os.stat(body.path).st_mtime
+        except OSError:
+            return None
+    return None
+
+
+def _slice(body: bytes | FileRegion, start: int, stop: int) -> bytes | FileRegion:
+    if isinstance(body, bytes):
+        return body[start:stop]
+    return FileRegion(body.path, body.offset + start, stop - start)
+
+
+def _read_all(body: bytes | FileRegion) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    with open(body.path, "rb") as f:
+        f.seek(body.offset)
+        return f.read(body.length)
+
+
+def _file_blocks(region: FileRegion, block: int = 1 << 18) -> Iterator[bytes]:
+    with open(region.path, "rb") as f:
+        f.seek(region.offset)
+        left = region.length
+        while left > 0:
+            data = f.read(min(block, left))
+            if not data:
+                return
+            left -= len(data)
+            yield data

@@ -1,0 +1,126 @@
+"""Which volumes a server offers: one folder, or the named folders of a ``sources.json``.
+
+``sources.json`` is the original precomputed-tif's: a JSON list of
+``{"name": ..., "directory": ..., "format": ...}`` (format optional here: it is detected). A bad
+file is an error at start-up; when a running server sees the file change and the new content is
+bad, it logs why and keeps serving the last good list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from ..errors import PrecomputedTifError, StoreError
+from ..stores import detect_format
+from ..stores.base import read_info
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("tiff", "zarr", "blockfs", "raw")
+
+
+class ConfigError(PrecomputedTifError, ValueError):
+    """A sources.json that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A served volume: URL name, folder (resolved, real path) and layout."""
+
+    name: str
+    directory: str
+    format: str
+
+
+def resolve_source(name: str, directory: str, format_name: str | None) -> Source:
+    """Check a folder and settle its format (detected when None)."""
+    real = os.path.realpath(directory)
+    if not os.path.isdir(real):
+        raise ConfigError(f"source {name!r}: directory {directory!r} does not exist")
+    if format_name is not None and format_name not in FORMATS:
+        raise ConfigError(
+            f"source {name!r}: format {format_name!r} is not one of {', '.join(FORMATS)}"
+        )
+    return Source(name, real, format_name or detect_served_format(real))
+
+
+def detect_served_format(directory: str) -> str:
+    """tiff, zarr or blockfs when the first level says so; anything else is served as files."""
+    try:
+        info = read_info(directory)
+        scales = info.get("scales") or []
+        if not scales or "sharding" in scales[0]:
+            return "raw"
+        return detect_format(directory, str(scales[0]["key"]))
+    except (StoreError, KeyError, TypeError, AttributeError):
+        return "raw"
+
+
+def load_sources(path: str) -> dict[str, Source]:
+    """Parse and check a sources.json; raises ConfigError saying what is wrong."""
+    try:
+        with open(path, "rb") as f:
+            entries = json.loads(f.read())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"sources file {path!r} does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"sources file {path!r} is not valid JSON: {exc}") from exc
+    if not isinstance(entries, list):
+        raise ConfigError(f"sources file {path!r} must hold a JSON list of sources")
+    sources: dict[str, Source] = {}
+    base = os.path.dirname(os.path.abspath(path))
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigError(f'{path}: entry {i} needs a string "name"')
+        name = entry["name"]
+        if not name or "/" in name or name in (".", "..") or name.startswith("."):
+            raise ConfigError(f"{path}: source name {name!r} must be a plain word (no '/')")
+        if name in sources:
+            raise ConfigError(f"{path}: source name {name!r} appears twice")
+        directory = entry.get("directory")
+        if not isinstance(directory, str):
+            raise ConfigError(f'{path}: source {name!r} needs a string "directory"')
+        format_name = entry.get("format")
+        if format_name is not None and not isinstance(format_name, str):
+            raise ConfigError(f'{path}: source {name!r} has a non-string "format"')
+        sources[name] = resolve_source(name, os.path.join(base, directory), format_name)
+    return sources
+
+
+class SourceTable:
+    """The sources of a sources.json, re-read when the file changes (at most once a second)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._lock = threading.Lock()
+        self._stamp = self._file_stamp()
+        self._sources = load_sources(self.path)
+        self._checked = time.monotonic()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def current(self) -> dict[str, Source]:
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return self._sources
+        with self._lock:
+            self._checked = now
+            stamp = self._file_stamp()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    self._sources = load_sources(self.path)
+                    log.info("reloaded %s: %d sources", self.path, len(self._sources))
+                except ConfigError as exc:
+                    log.error("keeping the previous sources: %s", exc)
+        return self._sources

@@ -1,0 +1,186 @@
+"""Answering requests inside one volume folder: ``info``, chunks, and plain files.
+
+Chunk layouts (tiff, zarr, blockfs) are read through the stores and answered as Neuroglancer's
+raw encoding; ``raw`` folders already hold Neuroglancer's files and are served as they are, with
+byte ranges for shard files. Nothing here ever opens a path outside the volume folder: plain
+files are resolved with realpath and must stay inside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError
+from ..geometry import Box
+from ..pyramid import Pyramid
+from ..stores import ChunkStore, create_store
+from ..stores.base import INFO_NAME, file_stamp
+from .config import Source
+from .http import JSON, OCTETS, FileRegion, HttpError, Response, etag_for
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {
+    ".json": JSON,
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".wasm": "application/wasm",
+    ".png": "image/png",
+    ".map": JSON,
+}
+
+
+class ChunkCache:
+    """Raw chunk bytes by key, least recently used out first, bounded in bytes."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = capacity_bytes
+        self.size = 0
+        self._items: OrderedDict[Any, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> bytes | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: bytes) -> None:
+        if len(value) > self.capacity // 4:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self.size += len(value)
+            while self.size > self.capacity:
+                _, old = self._items.popitem(last=False)
+                self.size -= len(old)
+
+
+class StoreCache:
+    """Stores opened once per folder and kept, reopened when the folder's info changes."""
+
+    def __init__(self, max_stores: int = 64) -> None:
+        self.max_stores = max_stores
+        self._stores: OrderedDict[tuple[str, str], tuple[tuple[int, int] | None, ChunkStore]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, source: Source) -> ChunkStore:
+        key = (source.directory, source.format)
+        stamp = file_stamp(os.path.join(source.directory, INFO_NAME))
+        if stamp is None:
+            raise HttpError(404, "the volume has no info file")
+        with self._lock:
+            cached = self._stores.get(key)
+            if cached is not None and cached[0] == stamp:
+                self._stores.move_to_end(key)
+                return cached[1]
+        pyramid = _read_pyramid(source.directory)
+        store = create_store(source.format, source.directory, pyramid)
+        with self._lock:
+            self._stores[key] = (stamp, store)
+            self._stores.move_to_end(key)
+            while len(self._stores) > self.max_stores:
+                self._stores.popitem(last=False)
+        return store
+
+
+def _read_pyramid(directory: str) -> Pyramid:
+    import json
+
+    try:
+        with open(os.path.join(directory, INFO_NAME), "rb") as f:
+            return Pyramid.from_info(json.loads(f.read()))
+    except (OSError, ValueError, StoreError) as exc:
+        raise StoreError(f"the info file of {directory!r} is unreadable: {exc}") from exc
+
+
+def serve_info(source: Source) -> Response:
+    path = os.path.join(source.directory, INFO_NAME)
+    return _static_file(path, content_type=JSON)
+
+
+def serve_chunk(
+    source: Source, stores: StoreCache, cache: ChunkCache, key: str, name: str
+) -> Response:
+    """Neuroglancer's raw bytes of chunk `name` of the scale whose key is `key`."""
+    store = stores.get(source)
+    pyramid = store.pyramid
+    level = next((i + 1 for i, s in enumerate(pyramid.scales) if s.key == key), None)
+    if level is None:
+        raise HttpError(404, f"no scale {key!r}")
+    try:
+        box = Box.from_chunk_name(name)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from exc
+    scale = pyramid.scale(level)
+    offset = scale.voxel_offset
+    local = box.relative_to(offset)
+    if any(a >= s for a, s in zip(local.start, scale.size)) or local.is_empty():
+        raise HttpError(404, f"chunk {name} lies outside scale {key}")
+    expected_stop = tuple(
+        min(a + c, s) for a, c, s in zip(local.start, scale.chunk_size, scale.size)
+    )
+    if any(a % c for a, c in zip(local.start, scale.chunk_size)) or local.stop != expected_stop:
+        raise HttpError(400, f"chunk {name} is not on the chunk grid of scale {key}")
+    stamp = store.chunk_stamp(level, local)
+    if stamp is None:
+        raise HttpError(404, f"chunk {name} was never written")
+    cache_key = (source.directory, level, local, stamp)
+    body = cache.get(cache_key)
+    if body is None:
+        data = store.read_chunk(level, local)
+        if data is None:
+            raise HttpError(404, f"chunk {name} was never written")
+        body = np.ascontiguousarray(data, data.dtype.newbyteorder("<")).tobytes()
+        cache.put(cache_key, body)
+    return Response(200, body, {"Content-Type": OCTETS, "ETag": etag_for(stamp)})
+
+
+def serve_file(source: Source, parts: list[str]) -> Response:
+    """A plain file of a raw folder; never one outside it, never a hidden one."""
+    if any(part.startswith(".") for part in parts):
+        raise HttpError(404, "not found")
+    path = os.path.realpath(os.path.join(source.directory, *parts))
+    if os.path.commonpath([path, source.directory]) != source.directory:
+        raise HttpError(404, "not found")
+    return _static_file(path)
+
+
+def _static_file(path: str, content_type: str | None = None) -> Response:
+    try:
+        stat = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise HttpError(404, "not found") from exc
+    except OSError as exc:
+        raise HttpError(404, "not readable") from exc
+    if not os.path.isfile(path):
+        raise HttpError(404, "not a file")
+    if content_type is None:
+        content_type = CONTENT_TYPES.get(os.path.splitext(path)[1].lower(), OCTETS)
+    return Response(
+        200,
+        FileRegion(path, 0, stat.st_size),
+        {
+            "Content-Type": content_type,
+            "ETag": etag_for(stat.st_mtime_ns, stat.st_size, stat.st_ino),
+            "Last-Modified": _http_date(stat.st_mtime),
+        },
+    )
+
+
+def _http_date(seconds: float) -> str:
+    from .http import http_date
+
+    return http_date(seconds)

@@ -1,0 +1,59 @@
+"""The WSGI entry point of the original precomputed-tif, kept for existing deployments.
+
+Under Apache mod_wsgi::
+
+    from precomputed_tif.wsgi_webserver import serve_precomputed
+    def application(environ, start_response):
+        return serve_precomputed(environ, start_response, "/etc/precomputed/sources.json")
+
+Under gunicorn: ``gunicorn 'precomputed_tif.wsgi_webserver:make_app("sources.json")'``.
+Standalone: ``python -m precomputed_tif.wsgi_webserver sources.json [PORT]``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from .serve.app import PrecomputedApp, StartResponse
+from .serve.config import SourceTable
+
+_apps: dict[str, PrecomputedApp] = {}
+_lock = threading.Lock()
+
+
+def make_app(config_file: str, *, cors_origin: str = "*") -> PrecomputedApp:
+    """The app serving the sources named in `config_file` (re-read when it changes)."""
+    table = SourceTable(config_file)
+    return PrecomputedApp(sources=table.current, cors_origin=cors_origin)
+
+
+def serve_precomputed(
+    environ: dict[str, Any], start_response: StartResponse, config_file: str
+) -> Iterable[bytes]:
+    """Answer one request for the sources in `config_file` (the original's signature)."""
+    key = os.path.abspath(config_file)
+    app = _apps.get(key)
+    if app is None:
+        with _lock:
+            app = _apps.get(key)
+            if app is None:
+                app = _apps[key] = make_app(key)
+    return app(environ, start_response)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli.serve import main as serve_main
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0].startswith("-"):
+        return serve_main(args)
+    port = ["--port", args[1]] if len(args) > 1 else ["--port", "8080"]
+    return serve_main(["--config", args[0], *port])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
