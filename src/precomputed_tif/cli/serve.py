@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log)
-    if args.log == "INFO":
-        logging.getLogger("waitress").setLevel(logging.WARNING)
+    # waitress warns whenever requests wait for a thread: that is load, not a problem
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
     def work() -> int:
         from ..serve.app import PrecomputedApp
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _link(base_url: str, served: list[tuple[str, str, str]]) -> str:
-    from ..serve.viewer import viewer_link, viewer_state
+    from ..serve.viewer import display_range, viewer_link, viewer_state
 
     layers = []
     for name, path, directory in served:
@@ -115,7 +115,7 @@ def _link(base_url: str, served: list[tuple[str, str, str]]) -> str:
                 info = json.loads(f.read())
         except (OSError, ValueError):
             continue
-        layers.append((name, path, info))
+        layers.append((name, path, info, display_range(directory)))
     if not layers:
         return base_url + "/v/ng/"
     return viewer_link(base_url, viewer_state(base_url, layers))

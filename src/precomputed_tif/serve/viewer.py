@@ -31,8 +31,16 @@ def client_folder() -> str:
     return folder
 
 
-def viewer_state(base_url: str, layers: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
-    """A viewer state showing each (name, url path, info) layer, centred on the first one."""
+Layer = tuple[str, str, dict[str, Any], "tuple[float, float] | None"]
+
+
+def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> dict[str, Any]:
+    """A viewer state showing each (name, url path, info, display range) layer.
+
+    The view is centred on the first layer and zoomed so its planes fill a panel; an image's
+    display range (its dim and bright ends) sets the contrast, which Neuroglancer would
+    otherwise stretch over the whole data type (a 12-bit camera image looks black in uint16).
+    """
     first = layers[0][2]
     scale = first.get("scales", [{}])[0]
     resolution = scale.get("resolution", [1, 1, 1])
@@ -41,17 +49,40 @@ def viewer_state(base_url: str, layers: list[tuple[str, str, dict[str, Any]]]) -
     state: dict[str, Any] = {
         "dimensions": {axis: [float(r) * 1e-9, "m"] for axis, r in zip("xyz", resolution)},
         "position": [o + s / 2 for o, s in zip(offset, size)],
-        "crossSectionScale": max(1.0, max(size[:2]) / 800),
+        "crossSectionScale": max(size[:2]) / 500,
+        "projectionScale": max(size) * 2,
         "layers": [],
-        "layout": "4panel",
+        "layout": layout,
     }
-    for name, path, info in layers:
+    for name, path, info, display_range in layers:
         kind = "segmentation" if info.get("type") == "segmentation" else "image"
         if info.get("@type") == "neuroglancer_annotations_v1":
             kind = "annotation"
         url = "precomputed://" + base_url.rstrip("/") + path
-        state["layers"].append({"type": kind, "source": url, "name": name})
+        layer: dict[str, Any] = {"type": kind, "source": url, "name": name}
+        if kind == "image" and display_range is not None:
+            low, high = display_range
+            layer["shaderControls"] = {"normalized": {"range": [low, high]}}
+        state["layers"].append(layer)
     return state
+
+
+def display_range(directory: str) -> tuple[float, float] | None:
+    """The 0.5 and 99.5 percentiles of a volume's coarsest level, or None if unreadable."""
+    import numpy as np
+
+    from ..errors import PrecomputedTifError as _Error
+    from ..read import open_volume
+
+    try:
+        volume = open_volume(directory)
+        data = volume[len(volume)][:, :, :]
+    except (_Error, OSError, ValueError):
+        return None
+    if data.size == 0:
+        return None
+    low, high = np.percentile(data, [0.5, 99.5])
+    return (float(low), float(high) if high > low else float(low) + 1)
 
 
 def viewer_link(base_url: str, state: dict[str, Any]) -> str:
