@@ -14,12 +14,14 @@ file when the absolute paths recorded in it no longer exist (a moved dataset).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import struct
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -37,6 +39,32 @@ COMPRESSION_LEVEL = 1
 BLOSC_MAX_OVERHEAD = 16
 
 
+class _OpenFiles:
+    """Block files kept open for positional reads (a server reads many blocks per second)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        if not hasattr(os, "pread"):  # Windows: no positional reads
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(size)
+        fd = self._fds.get(path)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(path)
+                if fd is None:
+                    fd = self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        return os.pread(fd, size, offset)
+
+    def __del__(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 @dataclass(frozen=True)
 class BlockDirectory:
     """A parsed blockfs directory file."""
@@ -46,6 +74,7 @@ class BlockDirectory:
     offsets: np.ndarray
     sizes: np.ndarray
     block_files: tuple[str, ...]
+    files: _OpenFiles = field(default_factory=_OpenFiles, compare=False, repr=False)
 
     @property
     def block_size_xyz(self) -> tuple[int, int, int]:
@@ -83,9 +112,7 @@ class BlockDirectory:
         path = self.block_files[i % len(self.block_files)]
         size = int(self.sizes[i])
         try:
-            with open(path, "rb") as f:
-                f.seek(int(self.offsets[i]))
-                frame = f.read(size)
+            frame = self.files.read(path, int(self.offsets[i]), size)
             if len(frame) != size:
                 raise StoreError(f"block file {path!r} is truncated")
             raw = numcodecs.blosc.decompress(frame)
