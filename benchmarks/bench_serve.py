@@ -89,6 +89,9 @@ class Row:
         r = self.run(tool, concurrency)
         return r["req_per_s"] if r and r.get("req_per_s") else None
 
+    def no_cors(self) -> int:
+        return sum(r.get("no_cors_header", 0) for r in self.runs)
+
     def total_errors(self) -> int:
         return sum(r["n_errors"] for r in self.runs)
 
@@ -737,7 +740,7 @@ def bench_row(
         row.base_url = base
         row.content = check_content(base, raw, items)
         print(
-            f"{row.name}: {base}, page cache warmed in {warm_s:.1f} s, content {row.content}",
+            f"{row.name}: {base}, page cache warmed in {warm_s:.2f} s, content {row.content}",
             flush=True,
         )
         position = 0
@@ -866,6 +869,7 @@ def report(
             + f"{fmt_ratio(vs_nginx):>10}{fmt_ratio(vs_orig):>9}"
             + f"{_f(top.get('p99_ms') if top else None):>10}{row.total_errors():>8}"
             + f"{row.peak_rss_mib:>9.0f}  {row.content}"
+            + (f", NO CORS header on {no_cors} answers" if (no_cors := row.no_cors()) else "")
             + (f"  ({row.skip})" if row.skip else "")
         )
         ratios = {}
@@ -940,13 +944,22 @@ def report(
             f"({gz['ratio']:.2f}x); gzip {gz['gzip_ms']:.2f} ms/chunk "
             f"({gz['gzip_MB_per_s_per_core']:.0f} MB/s per core), gunzip {gz['gunzip_ms']:.2f} ms"
         )
-        verdict = "pays off" if gz["net_gain_ms"] > 0 else "does not pay off"
+        net = gz["net_gain_ms"]
+        latency = f"latency {'+' if net < 0 else '-'}{abs(net):.2f} ms per chunk"
+        cpu_cap = gz["cores"] / (gz["gzip_ms"] / 1e3)
+        link_gz = gz["link_MB_per_s"] * 1e6 / gz["mean_gzip_bytes"]
         print(
-            f"  1 Gbit/s: transfer {gz['transfer_raw_ms']:.2f} -> {gz['transfer_gzip_ms']:.2f} ms, "
-            f"saves {gz['saved_transfer_ms']:.2f} ms for {gz['cpu_cost_ms']:.2f} ms of CPU "
-            f"(gzip + gunzip): {verdict} per chunk (net {gz['net_gain_ms']:+.2f} ms); link-bound "
-            f"{gz['link_chunks_per_s_raw']:.0f} chunks/s raw vs "
-            f"{gz['link_chunks_per_s_gzip']:.0f} gzipped on {gz['cores']} cores"
+            f"  1 Gbit/s, one chunk: transfer {gz['transfer_raw_ms']:.2f} -> "
+            f"{gz['transfer_gzip_ms']:.2f} ms saves {gz['saved_transfer_ms']:.2f} ms but costs "
+            f"{gz['cpu_cost_ms']:.2f} ms of CPU (gzip + gunzip): {latency} "
+            f"({'pays off' if net > 0 else 'does not pay off'})"
+        )
+        print(
+            f"  1 Gbit/s, many chunks: the link carries {gz['link_chunks_per_s_raw']:.0f} raw "
+            f"chunks/s or {link_gz:.0f} gzipped; gzipping caps the server at {cpu_cap:.0f}/s "
+            f"with all {gz['cores']} cores busy -> up to {gz['link_chunks_per_s_gzip']:.0f}/s "
+            f"({gz['link_chunks_per_s_gzip'] / gz['link_chunks_per_s_raw']:.2f}x), "
+            "only while the server has those cores to spare"
         )
         if loop:
             saved = (gz["mean_raw_bytes"] - gz["mean_gzip_bytes"]) / (loop * 1e6) * 1e3

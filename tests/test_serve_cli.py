@@ -177,25 +177,25 @@ def _screenshot(url: str, out: str, profile: str) -> None:
 
 def _volume_in_screenshot(image: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray | None:
     """The grey value at the centre of each voxel inside the yellow outline of the volume."""
-    r, g, b = (image[..., i].astype(int) for i in range(3))
-    yellow = (r > 200) & (g > 200) & (b < 80)
-    rows, cols = np.nonzero(yellow)
-    if len(rows) < 100:
+    box = _outline(image)
+    if box is None:
         return None
-    top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+    top, bottom, left, right = box
     ny, nx = shape_yx
     ys = top + (np.arange(ny) + 0.5) * (bottom - top) / ny
     xs = left + (np.arange(nx) + 0.5) * (right - left) / nx
     return image[ys.astype(int)[:, None], xs.astype(int)[None, :], 1].astype(float)
 
 
-@pytest.mark.slow
-def test_viewer_in_headless_chromium_shows_the_volume(tmp_path):
+def _need_browser() -> None:
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("CI must install Debian's chromium (see .ci/run)")
         pytest.skip("chromium is not installed")
     pytest.importorskip("neuroglancer")
+
+
+def _stardist_volume(tmp_path) -> tuple[np.ndarray, str]:
     planes = sorted((DATA / "stacks" / "stardist_img3d" / "planes").glob("*.tif"))
     stack = np.stack([tifffile.imread(p) for p in planes])
     dest = str(tmp_path / "vol")
@@ -218,22 +218,110 @@ def test_viewer_in_headless_chromium_shows_the_volume(tmp_path):
         check=True,
         timeout=120,
     )
+    return stack, dest
+
+
+def _xy_view(link: str, z: int, **changes) -> str:
+    state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
+    state.update(
+        layout="xy",
+        position=[28.5, 30.5, z + 0.5],
+        crossSectionScale=0.11,
+        showAxisLines=False,
+        showScaleBar=False,
+        **changes,
+    )
+    return link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
+
+
+def _outline(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    r, g, b = (image[..., i].astype(int) for i in range(3))
+    rows, cols = np.nonzero((r > 200) & (g > 200) & (b < 80))
+    if len(rows) < 100:
+        return None
+    return rows.min(), rows.max(), cols.min(), cols.max()
+
+
+@pytest.mark.slow
+def test_viewer_shows_points_over_the_image(tmp_path):
+    _need_browser()
+    stack, dest = _stardist_volume(tmp_path)
+    inside = [[10, 10], [40, 20], [25, 45], [50, 55], [5, 50]]
+    elsewhere = [[30, 30], [15, 35], [45, 8]]
+    points = [[x + 0.5, y + 0.5, 15.5] for x, y in inside]
+    (tmp_path / "cells.json").write_text(json.dumps(points))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "precomputed_tif.cli.write_points",
+            "--input",
+            str(tmp_path / "cells.json"),
+            "--output-directory",
+            str(tmp_path / "cells"),
+            "--voxel-size",
+            "1,1,1",
+            "--log",
+            "WARNING",
+        ],
+        check=True,
+        timeout=60,
+    )
+    server = RunningServer(
+        "-d", dest, "--points", str(tmp_path / "cells"), "--viewer", log="WARNING"
+    )
+    found = None
+    try:
+        link = server.viewer_line.split("Viewer: ", 1)[1].strip()
+        assert "annotation" in urllib.parse.unquote(link)
+        url = _xy_view(link, 15)
+        for attempt in range(3):  # the viewer sometimes drops a layer at start-up (its race)
+            out = str(tmp_path / f"points{attempt}.png")
+            _screenshot(url, out, str(tmp_path / f"pprofile{attempt}"))
+            if not os.path.exists(out):
+                continue
+            with open(out, "rb") as f:
+                image = imagecodecs.png_decode(f.read())
+            box = _outline(image)
+            if box is None:
+                continue
+            top, bottom, left, right = box
+            ny, nx = stack.shape[1:]
+
+            def magenta_near(x: float, y: float, image=image) -> bool:
+                row = int(top + (y + 0.5) * (bottom - top) / ny)
+                col = int(left + (x + 0.5) * (right - left) / nx)
+                patch = image[row - 3 : row + 4, col - 3 : col + 4].astype(int)
+                return bool(
+                    np.any((patch[..., 0] > 180) & (patch[..., 1] < 90) & (patch[..., 2] > 180))
+                )
+
+            found = (
+                [magenta_near(x, y) for x, y in inside],
+                [magenta_near(x, y) for x, y in elsewhere],
+            )
+            if all(found[0]):
+                break
+    finally:
+        server.stop()
+    assert found is not None, "no screenshot showed the volume"
+    assert all(found[0]), f"points not drawn where they are: {found[0]}"
+    assert not any(found[1]), "annotation pixels where there is no point"
+
+
+@pytest.mark.slow
+def test_viewer_in_headless_chromium_shows_the_volume(tmp_path):
+    _need_browser()
+    stack, dest = _stardist_volume(tmp_path)
     server = RunningServer("-d", dest, "--viewer", log="WARNING")
+    best = 0.0
+    z = 15
     try:
         link = server.viewer_line.split("Viewer: ", 1)[1].strip()
         state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
-        z = 15
-        state.update(
-            layout="xy",
-            position=[28.5, 30.5, z + 0.5],
-            crossSectionScale=0.11,
-            showAxisLines=False,
-            showScaleBar=False,
-        )
         low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
-        url = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
         expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
-        best = 0.0
+        url = _xy_view(link, z)
         for attempt in range(3):  # the viewer sometimes drops a layer at start-up (its race)
             out = str(tmp_path / f"shot{attempt}.png")
             _screenshot(url, out, str(tmp_path / f"profile{attempt}"))

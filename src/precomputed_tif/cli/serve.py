@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="serve the volumes named in this sources.json instead of --directory"
     )
     parser.add_argument(
+        "--points",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also serve this annotation source (precomputed-write-points output) under "
+        "/NAME/, NAME being its folder name; may be repeated",
+    )
+    parser.add_argument(
         "--cors-origin", default="*", help="Access-Control-Allow-Origin value (default *)"
     )
     parser.add_argument("--threads", type=int, default=16, help="worker threads (default 16)")
@@ -87,8 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             served = [(s.name, "/" + s.name, s.directory) for s in table.current().values()]
         else:
             source = resolve_source("", args.directory, args.format)
-            app = PrecomputedApp(single=source, **common)
+            beside = {}
+            for folder in args.points:
+                name = os.path.basename(os.path.normpath(folder))
+                beside[name] = resolve_source(name, folder, "raw")
+            app = PrecomputedApp(single=source, beside=beside, **common)
             served = [(os.path.basename(source.directory) or "volume", "", source.directory)]
+            served += [(name, "/" + name, s.directory) for name, s in beside.items()]
         server = Server(app, args.bind, args.port, args.threads)
         where = args.config or os.path.abspath(args.directory)
         print(f"Serving {where} at {server.url}", flush=True)
@@ -115,7 +128,9 @@ def _link(base_url: str, served: list[tuple[str, str, str]]) -> str:
                 info = json.loads(f.read())
         except (OSError, ValueError):
             continue
-        layers.append((name, path, info, display_range(directory)))
+        is_image = "scales" in info
+        layers.append((name, path, info, display_range(directory) if is_image else None))
+    layers.sort(key=lambda layer: "scales" not in layer[2])  # images first, points on top
     if not layers:
         return base_url + "/v/ng/"
     return viewer_link(base_url, viewer_state(base_url, layers))

@@ -52,6 +52,8 @@ class PrecomputedApp:
         A function giving the current name -> Source table (re-read for hot reloads).
     single
         Serve this one volume at the root instead of named sources.
+    beside
+        With `single`: more sources served under ``/NAME/`` (point annotations, say).
     cors_origin
         The ``Access-Control-Allow-Origin`` value (``*`` by default).
     gzip_chunks
@@ -67,6 +69,7 @@ class PrecomputedApp:
         *,
         sources: Callable[[], dict[str, Source]] | None = None,
         single: Source | None = None,
+        beside: dict[str, Source] | None = None,
         cors_origin: str = "*",
         gzip_chunks: bool = False,
         cache_bytes: int = 256 * 2**20,
@@ -76,6 +79,7 @@ class PrecomputedApp:
             raise ValueError("give exactly one of sources= and single=")
         self.sources = sources
         self.single = single
+        self.beside = beside or {}
         self.cors_origin = cors_origin
         self.gzip_chunks = gzip_chunks
         self.viewer = os.path.realpath(viewer) if viewer else None
@@ -122,7 +126,9 @@ class PrecomputedApp:
             raise HttpError(405, f"method {method} is not served")
         if self.viewer is not None and parts and parts[0] == "v":
             return self._viewer_file(parts[1:])
-        if self.single is not None:
+        if self.single is not None and parts[0] in self.beside:
+            response = self._volume(self.beside[parts[0]], parts[1:])
+        elif self.single is not None:
             response = self._volume(self.single, parts)
         elif parts in ([], [""]):
             response = self._index(environ)

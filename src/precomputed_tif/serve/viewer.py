@@ -60,6 +60,8 @@ def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> 
             kind = "annotation"
         url = "precomputed://" + base_url.rstrip("/") + path
         layer: dict[str, Any] = {"type": kind, "source": url, "name": name}
+        if kind == "annotation":
+            layer["annotationColor"] = "#ff00ff"  # stands out from grey images and yellow boxes
         if kind == "image" and display_range is not None:
             low, high = display_range
             layer["shaderControls"] = {"normalized": {"range": [low, high]}}
