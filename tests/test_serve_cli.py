@@ -242,6 +242,16 @@ def _outline(image: np.ndarray) -> tuple[int, int, int, int] | None:
     return rows.min(), rows.max(), cols.min(), cols.max()
 
 
+def _magenta_at(image: np.ndarray, box, shape_yx, x: float, y: float) -> bool:
+    """Whether annotation magenta is drawn near voxel (x, y) of the outlined volume."""
+    top, bottom, left, right = box
+    ny, nx = shape_yx
+    row = int(top + (y + 0.5) * (bottom - top) / ny)
+    col = int(left + (x + 0.5) * (right - left) / nx)
+    patch = image[row - 3 : row + 4, col - 3 : col + 4].astype(int)
+    return bool(np.any((patch[..., 0] > 180) & (patch[..., 1] < 90) & (patch[..., 2] > 180)))
+
+
 @pytest.mark.slow
 def test_viewer_shows_points_over_the_image(tmp_path):
     _need_browser()
@@ -285,17 +295,6 @@ def test_viewer_shows_points_over_the_image(tmp_path):
             box = _outline(image)
             if box is None:
                 continue
-            top, bottom, left, right = box
-            ny, nx = stack.shape[1:]
-
-            def magenta_near(x: float, y: float, image=image) -> bool:
-                row = int(top + (y + 0.5) * (bottom - top) / ny)
-                col = int(left + (x + 0.5) * (right - left) / nx)
-                patch = image[row - 3 : row + 4, col - 3 : col + 4].astype(int)
-                return bool(
-                    np.any((patch[..., 0] > 180) & (patch[..., 1] < 90) & (patch[..., 2] > 180))
-                )
-
             found = (
                 [magenta_near(x, y) for x, y in inside],
                 [magenta_near(x, y) for x, y in elsewhere],
