@@ -295,9 +295,10 @@ def test_viewer_shows_points_over_the_image(tmp_path):
             box = _outline(image)
             if box is None:
                 continue
+            shape = stack.shape[1:]
             found = (
-                [magenta_near(x, y) for x, y in inside],
-                [magenta_near(x, y) for x, y in elsewhere],
+                [_magenta_at(image, box, shape, x, y) for x, y in inside],
+                [_magenta_at(image, box, shape, x, y) for x, y in elsewhere],
             )
             if all(found[0]):
                 break
