@@ -27,6 +27,8 @@ import os
 import platform
 import random
 import re
+import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -64,6 +66,7 @@ CONVERTED = ("blockfs", "zarr", "tiff")
 DEFAULT_ORIGINAL = "/tmp/origvenv/bin/precomputed-webserver"
 LINK_BYTES_PER_S = 125e6  # 1 Gbit/s
 TARGET_P99_MS = 100.0
+OTHER_CPU_WARN_PCT = 20.0  # CPU used by other jobs during a run, above which we warn
 
 
 @dataclass
@@ -167,6 +170,19 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0
             last = f"GET /info: {exc}"
         time.sleep(0.1)
     return f"not ready after {timeout_s:.0f} s ({last})"
+
+
+def busy_cpu_s() -> float:
+    """Busy CPU seconds of the whole machine, all CPUs summed."""
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    return sum(t) - idle - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this script's finished children (loadgen, wrk)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def tree_cpu_rss(pid: int) -> tuple[float, int]:
@@ -464,6 +480,7 @@ def gzip_tradeoff(raw: Path, items: list[tuple[str, int]], samples: int, seed: i
         # throughput view: chunks/s through a 1 Gbit/s link, raw vs gzip with every core gzipping
         "link_chunks_per_s_raw": round(LINK_BYTES_PER_S / mean_raw, 1),
         "link_chunks_per_s_gzip": round(min(LINK_BYTES_PER_S / mean_gz, cores / gz_s), 1),
+        "cpu_chunks_per_s_gzip": round(cores / gz_s, 1),
         "cores": cores,
     }
 
@@ -487,6 +504,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=10.0, help="loadgen per-request timeout")
     ap.add_argument("--only", default=None, help=f"rows to run, comma-separated: {','.join(ROWS)}")
     ap.add_argument("--server-threads", type=int, default=None, help="our server's --threads")
+    ap.add_argument(
+        "--server-args", default="", help="more arguments for our server, e.g. '--cache-size 1G'"
+    )
     ap.add_argument(
         "--original",
         default=None,
@@ -520,6 +540,7 @@ def main() -> None:
     def on_signal(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     try:
@@ -699,6 +720,7 @@ def server_argv(
         argv += ["--log", "WARNING"]
         if a.server_threads:
             argv += ["--threads", str(a.server_threads)]
+        argv += shlex.split(a.server_args)
         return argv
     assert original is not None
     return [original, "-p", str(port), "-a", "127.0.0.1", "-d", str(row.folder), "-f", row.fmt]
@@ -753,12 +775,14 @@ def bench_row(
         for tool, c in plan:
             txt, paths = write_rotated(items, position, stem)
             cpu0, _ = tree_cpu_rss(proc.pid)
+            client0, busy0, wall0 = children_cpu_s(), busy_cpu_s(), time.monotonic()
             if tool == "loadgen":
                 r = run_loadgen(base, txt, c, a.duration, a.timeout, row.name)
             else:
                 assert wrk is not None
                 r = run_wrk(wrk, base, paths, c, a.duration)
             cpu1, rss = tree_cpu_rss(proc.pid)
+            client1, busy1, wall1 = children_cpu_s(), busy_cpu_s(), time.monotonic()
             row.peak_rss_mib = max(row.peak_rss_mib, rss / 2**20)
             r["tool"], r["concurrency"] = tool, c
             if "failed" in r:
@@ -770,11 +794,15 @@ def bench_row(
             cpu = cpu1 - cpu0
             r["server_cpu_pct"] = round(cpu / r["elapsed_s"] * 100, 1) if r["elapsed_s"] else None
             r["server_cpu_ms_per_req"] = round(cpu * 1e3 / r["ok"], 3) if r["ok"] else None
+            r["client_cpu_pct"] = round((client1 - client0) / (wall1 - wall0) * 100, 1)
+            # CPU used by neither the server nor the client: other jobs on this machine
+            other = busy1 - busy0 - cpu - (client1 - client0)
+            r["other_cpu_pct"] = round(max(0.0, other) / (wall1 - wall0) * 100, 1)
             row.runs.append(r)
             print(
                 f"  {tool:<7} c{c:<3} {r['req_per_s']:>8.1f} req/s {r['MB_per_s']:>7.1f} MB/s "
                 f"p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms errors {r['errors'] or 0} "
-                f"server CPU {r['server_cpu_pct']}%",
+                f"server CPU {r['server_cpu_pct']}%, other {r['other_cpu_pct']}%",
                 flush=True,
             )
             if proc.poll() is not None:
@@ -810,7 +838,7 @@ def report(
     by = {r.name: r for r in rows}
     head = (
         f"{'row':<18}{'tool':<9}{'conc':>5}{'req/s':>9}{'MB/s':>8}{'p50 ms':>8}{'p99 ms':>9}"
-        f"{'errors':>8}{'srv CPU%':>10}{'CPU ms/req':>12}"
+        f"{'errors':>8}{'srv CPU%':>10}{'CPU ms/req':>12}{'client%':>9}{'other%':>8}"
     )
     print()
     print(head)
@@ -828,7 +856,21 @@ def report(
                 f"{r['MB_per_s']:>8.1f}{_f(r['p50_ms'], '.2f'):>8}{_f(r['p99_ms'], '.2f'):>9}"
                 f"{r['n_errors']:>8}{_f(r.get('server_cpu_pct')):>10}"
                 f"{_f(r.get('server_cpu_ms_per_req'), '.2f'):>12}"
+                f"{_f(r.get('client_cpu_pct'), '.0f'):>9}{_f(r.get('other_cpu_pct'), '.0f'):>8}"
             )
+
+    busy = [
+        f"{row.name} {r['tool']} c{r['concurrency']} ({r['other_cpu_pct']:.0f}%)"
+        for row in rows
+        for r in row.runs
+        if (r.get("other_cpu_pct") or 0) > OTHER_CPU_WARN_PCT
+    ]
+    if busy:
+        print(
+            f"WARNING: other jobs used more than {OTHER_CPU_WARN_PCT:.0f}% of a CPU during "
+            f"{len(busy)} runs ({', '.join(busy[:4])}{', ...' if len(busy) > 4 else ''}): "
+            "those figures are low; rerun on a quiet machine"
+        )
 
     # the summary: req/s per concurrency, ratios on the primary measure
     wrk8 = 8 in wrk_conc
@@ -946,7 +988,7 @@ def report(
         )
         net = gz["net_gain_ms"]
         latency = f"latency {'+' if net < 0 else '-'}{abs(net):.2f} ms per chunk"
-        cpu_cap = gz["cores"] / (gz["gzip_ms"] / 1e3)
+        cpu_cap = gz["cpu_chunks_per_s_gzip"]
         link_gz = gz["link_MB_per_s"] * 1e6 / gz["mean_gzip_bytes"]
         print(
             f"  1 Gbit/s, one chunk: transfer {gz['transfer_raw_ms']:.2f} -> "
@@ -984,6 +1026,8 @@ def report(
         "wrk_concurrency": wrk_conc,
         "primary": f"{primary[0]}_c{primary[1]}",
         "server_threads": a.server_threads,
+        "server_args": a.server_args,
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "versions": {p: package_version(p) for p in ("precomputed-tif", "waitress", "aiohttp")},

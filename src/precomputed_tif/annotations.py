@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PrecomputedTifError, SourceError, StoreExistsError
-from .sharding import choose_sharding, compressed_morton_codes, write_sharded
+from .sharding import choose_sharding, compressed_morton_codes, encode_blob, write_sharded
 from .stores.base import write_atomically
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,8 @@ def write_points(
         props = {name: values[inside] for name, values in props.items()}
 
     _prepare_folder(path, overwrite)
+    # from here on the coordinates are what the files hold: float32, half the memory
+    points = points.astype(np.float32)
     record_dtype, order = _record_dtype(props)
     records = np.zeros(len(points), record_dtype)
     records["xyz"] = points
@@ -164,9 +166,7 @@ def write_points(
         if level > 0 and len(remaining) == 0:
             break
         chunk = extent / grid
-        cells = np.floor((points[remaining] - lower) / chunk).astype(np.int64)
-        cells = np.minimum(np.maximum(cells, 0), grid - 1)
-        linear = np.ravel_multi_index(cells.T, grid) if len(cells) else np.zeros(0, np.int64)
+        linear = _cell_numbers(points, remaining, lower, chunk, grid)
         counts = np.bincount(linear) if len(linear) else np.zeros(1, np.int64)
         fullest = int(counts.max()) if len(counts) else 0
         probability = 1.0 if fullest <= limit else limit / fullest
@@ -184,8 +184,11 @@ def write_points(
         chosen, chosen_cells = chosen[by_cell], chosen_cells[by_cell]
         keys, starts, lengths = np.unique(chosen_cells, return_index=True, return_counts=True)
         level_limit = max(1, int(lengths.max()) if len(lengths) else 1)
+        # compressed as they are made when sharded: only the smaller copy is ever held
+        encode = encode_blob if sharded else bytes
         blobs = [
-            _multi_annotation(record_bytes, ids, chosen[s : s + n]) for s, n in zip(starts, lengths)
+            encode(_multi_annotation(record_bytes, ids, chosen[s : s + n]))
+            for s, n in zip(starts, lengths)
         ]
         key = f"spatial{level}"
         entry: dict[str, Any] = {
@@ -212,7 +215,7 @@ def write_points(
                 data_encoding="gzip",
             )
             entry["sharding"] = spec.to_json()
-            files += write_sharded(folder, spec, codes, blobs)
+            files += write_sharded(folder, spec, codes, blobs, encoded=True)
         else:
             os.makedirs(folder)
             for (cx, cy, cz), blob in zip(cell_index, blobs):
@@ -257,6 +260,19 @@ def write_points(
     write_atomically(os.path.join(staging, "info"), json.dumps(info, indent=1).encode())
     _move_into_place(staging, path)
     return WriteSummary(len(points), clipped, len(spatial), files + 1)
+
+
+def _cell_numbers(
+    points: np.ndarray, members: np.ndarray, lower: np.ndarray, chunk: np.ndarray, grid: np.ndarray
+) -> np.ndarray:
+    """The C-order number of the grid cell holding each of `points[members]`, axis by axis."""
+    linear = np.zeros(len(members), np.int64)
+    for axis in range(3):
+        cell = np.floor((points[members, axis] - lower[axis]) / chunk[axis]).astype(np.int64)
+        np.clip(cell, 0, grid[axis] - 1, out=cell)
+        linear *= int(grid[axis])
+        linear += cell
+    return linear
 
 
 def _multi_annotation(record_bytes: np.ndarray, ids: np.ndarray, members: np.ndarray) -> bytes:

@@ -180,11 +180,14 @@ def write_sharded(
     spec: ShardingSpec,
     keys: np.ndarray,
     blobs: Sequence[bytes] | np.ndarray,
+    *,
+    encoded: bool = False,
 ) -> int:
     """Write `blobs[i]` under `keys[i]` as shard files in `folder`; returns the number of files.
 
     `blobs` is a list of bytes, or a 2D uint8 array of fixed-size rows (written without copying
-    each row into its own object, for millions of small blobs).
+    each row into its own object, for millions of small blobs). With `encoded`, the blobs are
+    already in the spec's data encoding (callers that compress as they go save memory).
     """
     os.makedirs(folder, exist_ok=True)
     keys = np.asarray(keys, np.uint64)
@@ -195,8 +198,8 @@ def write_sharded(
         sizes = np.full(len(keys), blobs.shape[1], np.uint64)
     else:
         items = [row.tobytes() if isinstance(row, np.ndarray) else bytes(row) for row in blobs]
-        if spec.data_encoding == "gzip":
-            items = [gzip.compress(b, compresslevel=6, mtime=0) for b in items]
+        if spec.data_encoding == "gzip" and not encoded:
+            items = [encode_blob(b) for b in items]
         sizes = np.array([len(b) for b in items], np.uint64)
     shard, minishard = spec.locate(keys)
     order = np.lexsort((keys, minishard, shard))
@@ -213,6 +216,11 @@ def write_sharded(
         write_atomically(os.path.join(folder, spec.shard_name(int(shard[group[0]]))), content)
         files += 1
     return files
+
+
+def encode_blob(blob: bytes) -> bytes:
+    """A blob in gzip data encoding (level 1: the data is written once, read many times)."""
+    return gzip.compress(blob, compresslevel=1, mtime=0)
 
 
 def _shard_bytes(
