@@ -78,3 +78,38 @@ def random_stack(shape: tuple[int, int, int], dtype: str, seed: int = 0) -> np.n
 @pytest.fixture
 def stardist_glob() -> str:
     return str(DATA / "stacks" / "stardist_img3d" / "planes" / "*.tif")
+
+
+def convert_stack(
+    source_glob: str,
+    dest: str,
+    fmt: str,
+    *,
+    chunk=(16, 16, 16),
+    levels=None,
+    segmentation=False,
+    task_bytes=2**30,
+    voxel_size_nm=(1800, 1800, 2000),
+    executor=None,
+):
+    """Convert in process (serially unless given an executor); returns the pyramid."""
+    from precomputed_tif import Budget, convert, create_store, open_source, plan_pyramid
+    from precomputed_tif.executors import SerialExecutor
+
+    source = open_source(source_glob)
+    pyramid = plan_pyramid(
+        source.size,
+        source.dtype.name,
+        voxel_size_nm=voxel_size_nm,
+        chunk_size=chunk,
+        levels=levels,
+        segmentation=segmentation,
+    )
+    store = create_store(fmt, dest, pyramid)
+    convert(
+        source,
+        store,
+        executor=executor or SerialExecutor(),
+        budget=Budget(n_workers=2, task_bytes=task_bytes),
+    )
+    return pyramid

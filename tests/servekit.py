@@ -6,12 +6,11 @@ import io
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
-from conftest import write_planes
-from precomputed_tif import Budget, convert, create_store, open_source, plan_pyramid
-from precomputed_tif.executors import SerialExecutor
+from conftest import convert_stack, write_planes
 
 
 @dataclass
@@ -50,17 +49,10 @@ def call(app: Any, path: str, method: str = "GET", headers: dict[str, str] | Non
 
 
 def make_volume(folder: str, stack, fmt: str, chunk=(16, 16, 16), segmentation=False) -> str:
-    planes = write_planes(__import__("pathlib").Path(folder) / "planes", stack)
-    source = open_source(planes)
-    pyramid = plan_pyramid(
-        source.size,
-        source.dtype.name,
-        voxel_size_nm=(1000, 1000, 1000),
-        chunk_size=chunk,
-        segmentation=segmentation,
-    )
+    """`stack` written as planes under `folder` and converted to `folder/fmt`."""
+    planes = write_planes(Path(folder) / "planes", stack)
     dest = os.path.join(folder, fmt)
-    convert(
-        source, create_store(fmt, dest, pyramid), executor=SerialExecutor(), budget=Budget(1, 2**30)
+    convert_stack(
+        planes, dest, fmt, chunk=chunk, segmentation=segmentation, voxel_size_nm=(1000, 1000, 1000)
     )
     return dest

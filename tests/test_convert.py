@@ -10,44 +10,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import DATA, random_stack, reference_pyramid, write_planes
-from precomputed_tif import Budget, convert, create_store, open_source, open_volume, plan_pyramid
-from precomputed_tif.executors import SerialExecutor, process_pool
+from conftest import DATA, convert_stack, random_stack, reference_pyramid, write_planes
+from precomputed_tif import create_store, open_source, open_volume, plan_pyramid
+from precomputed_tif.executors import process_pool
 from precomputed_tif.geometry import chunks_in, full_box
 from precomputed_tif.plan import plan_stages, stage_tasks
 
 FORMATS = ["tiff", "zarr", "blockfs"]
 DTYPES = ["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32"]
-
-
-def _convert(
-    source_glob: str,
-    dest: str,
-    fmt: str,
-    *,
-    chunk=(16, 16, 16),
-    levels=None,
-    segmentation=False,
-    task_bytes=2**30,
-    executor=None,
-):
-    source = open_source(source_glob)
-    pyramid = plan_pyramid(
-        source.size,
-        source.dtype.name,
-        voxel_size_nm=(1800, 1800, 2000),
-        chunk_size=chunk,
-        levels=levels,
-        segmentation=segmentation,
-    )
-    store = create_store(fmt, dest, pyramid)
-    convert(
-        source,
-        store,
-        executor=executor or SerialExecutor(),
-        budget=Budget(n_workers=2, task_bytes=task_bytes),
-    )
-    return pyramid
 
 
 def assert_every_chunk_equal(dest: str, expected: list[np.ndarray]) -> None:
@@ -70,7 +40,7 @@ def assert_every_chunk_equal(dest: str, expected: list[np.ndarray]) -> None:
 def test_every_dtype_and_format(tmp_path, fmt, dtype):
     stack = random_stack((19, 23, 37), dtype, seed=DTYPES.index(dtype))
     source = write_planes(tmp_path / "planes", stack)
-    _convert(source, str(tmp_path / "out"), fmt, chunk=(8, 8, 8))
+    convert_stack(source, str(tmp_path / "out"), fmt, chunk=(8, 8, 8))
     # 37x23x19 with 8^3 chunks: levels until one chunk holds the coarsest (37 -> 19 -> 10 -> 5)
     assert_every_chunk_equal(str(tmp_path / "out"), reference_pyramid(stack, 4))
 
@@ -81,7 +51,7 @@ def test_odd_shapes_and_small_tasks(tmp_path, fmt, shape):
     """Tasks much smaller than the volume: many tasks, several stages, edge chunks everywhere."""
     stack = random_stack(shape, "uint16", seed=sum(shape))
     source = write_planes(tmp_path / "planes", stack)
-    pyramid = _convert(source, str(tmp_path / "out"), fmt, task_bytes=150_000)
+    pyramid = convert_stack(source, str(tmp_path / "out"), fmt, task_bytes=150_000)
     assert_every_chunk_equal(str(tmp_path / "out"), reference_pyramid(stack, pyramid.n_levels))
 
 
@@ -92,7 +62,7 @@ def test_segmentation_takes_the_most_frequent_label(tmp_path, fmt):
         np.array([0, 7, 2**31 + 3, 12], np.uint32), size=(13, 18, 21), p=[0.4, 0.3, 0.2, 0.1]
     )
     source = write_planes(tmp_path / "planes", stack)
-    _convert(source, str(tmp_path / "out"), fmt, chunk=(8, 8, 8), segmentation=True)
+    convert_stack(source, str(tmp_path / "out"), fmt, chunk=(8, 8, 8), segmentation=True)
     info = open_volume(str(tmp_path / "out")).pyramid
     assert info.volume_type == "segmentation"
     assert_every_chunk_equal(str(tmp_path / "out"), reference_pyramid(stack, 3, segmentation=True))
@@ -103,8 +73,8 @@ def test_process_pool_gives_the_same_bytes_as_serial(tmp_path, fmt):
     stack = random_stack((40, 50, 60), "uint16", seed=3)
     source = write_planes(tmp_path / "planes", stack)
     with process_pool(2) as pool:
-        _convert(source, str(tmp_path / "run_a"), fmt, task_bytes=200_000, executor=pool)
-    _convert(source, str(tmp_path / "run_b"), fmt, task_bytes=200_000)
+        convert_stack(source, str(tmp_path / "run_a"), fmt, task_bytes=200_000, executor=pool)
+    convert_stack(source, str(tmp_path / "run_b"), fmt, task_bytes=200_000)
     assert_every_chunk_equal(str(tmp_path / "run_a"), reference_pyramid(stack, 3))
     assert _tree_bytes(tmp_path / "run_a") == _tree_bytes(tmp_path / "run_b")
 
@@ -137,7 +107,7 @@ def test_real_stacks(tmp_path, stack_name):
     stack = np.stack([tifffile.imread(p) for p in planes])
     for fmt in FORMATS:
         dest = str(tmp_path / fmt)
-        pyramid = _convert(
+        pyramid = convert_stack(
             str(DATA / "stacks" / stack_name / "planes"), dest, fmt, chunk=(16, 16, 16)
         )
         assert_every_chunk_equal(dest, reference_pyramid(stack, pyramid.n_levels))
@@ -148,7 +118,7 @@ def test_multipage_tiff_equals_its_planes(tmp_path, stack_name):
     original = glob.glob(str(DATA / "stacks" / stack_name / "original_*"))[0]
     stack = tifffile.imread(original)
     dest = str(tmp_path / "out")
-    pyramid = _convert(original, dest, "zarr", chunk=(16, 16, 16))
+    pyramid = convert_stack(original, dest, "zarr", chunk=(16, 16, 16))
     assert_every_chunk_equal(
         dest, reference_pyramid(stack.reshape(-1, *stack.shape[-2:]), pyramid.n_levels)
     )
@@ -158,7 +128,7 @@ def test_zarr_output_opens_in_the_zarr_library(tmp_path):
     zarr = pytest.importorskip("zarr")
     stack = random_stack((20, 30, 40), "int16", seed=9)
     source = write_planes(tmp_path / "planes", stack)
-    _convert(source, str(tmp_path / "out"), "zarr", chunk=(16, 16, 16))
+    convert_stack(source, str(tmp_path / "out"), "zarr", chunk=(16, 16, 16))
     expected = reference_pyramid(stack, 3)
     for level, key in enumerate(["1_1_1", "2_2_2", "4_4_4"]):
         array = zarr.open_array(str(tmp_path / "out" / key), mode="r")
@@ -169,7 +139,7 @@ def test_zarr_output_opens_in_the_zarr_library(tmp_path):
 def test_tiff_chunks_are_3d_tiffs_named_like_neuroglancer_chunks(tmp_path):
     stack = random_stack((20, 30, 40), "uint16", seed=4)
     source = write_planes(tmp_path / "planes", stack)
-    _convert(source, str(tmp_path / "out"), "tiff", chunk=(16, 16, 16))
+    convert_stack(source, str(tmp_path / "out"), "tiff", chunk=(16, 16, 16))
     chunk = tifffile.imread(tmp_path / "out" / "1_1_1" / "32-40_16-30_16-20.tiff")
     np.testing.assert_array_equal(chunk, stack[16:20, 16:30, 32:40])
     with tifffile.TiffFile(tmp_path / "out" / "1_1_1" / "0-16_0-16_0-16.tiff") as tif:
@@ -180,7 +150,7 @@ def test_tiff_chunks_are_3d_tiffs_named_like_neuroglancer_chunks(tmp_path):
 def test_info_file(tmp_path):
     stack = random_stack((20, 30, 129), "uint16")
     source = write_planes(tmp_path / "planes", stack)
-    _convert(source, str(tmp_path / "out"), "tiff", chunk=(64, 64, 64))
+    convert_stack(source, str(tmp_path / "out"), "tiff", chunk=(64, 64, 64))
     import json
 
     info = json.loads((tmp_path / "out" / "info").read_text())
@@ -209,7 +179,7 @@ def test_zarr_output_opens_in_tensorstore(tmp_path):
     ts = pytest.importorskip("tensorstore")
     stack = random_stack((20, 30, 40), "uint16", seed=10)
     source = write_planes(tmp_path / "planes", stack)
-    _convert(source, str(tmp_path / "out"), "zarr", chunk=(16, 16, 16))
+    convert_stack(source, str(tmp_path / "out"), "zarr", chunk=(16, 16, 16))
     expected = reference_pyramid(stack, 3)
     for level, key in enumerate(["1_1_1", "2_2_2", "4_4_4"]):
         array = ts.open(

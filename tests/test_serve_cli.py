@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import urllib.parse
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import imagecodecs
@@ -175,6 +176,18 @@ def _screenshot(url: str, out: str, profile: str) -> None:
     )
 
 
+def _screenshots(url: str, folder, attempts: int = 3) -> Iterator[np.ndarray]:
+    """Up to `attempts` screenshots of `url` (the viewer sometimes drops a layer at start-up:
+    its own race, not the server's), each from a fresh browser profile."""
+    folder.mkdir()
+    for attempt in range(attempts):
+        out = str(folder / f"shot{attempt}.png")
+        _screenshot(url, out, str(folder / f"profile{attempt}"))
+        if os.path.exists(out):
+            with open(out, "rb") as f:
+                yield imagecodecs.png_decode(f.read())
+
+
 def _volume_in_screenshot(image: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray | None:
     """The grey value at the centre of each voxel inside the yellow outline of the volume."""
     box = _outline(image)
@@ -285,13 +298,7 @@ def test_viewer_shows_points_over_the_image(tmp_path):
         link = server.viewer_line.split("Viewer: ", 1)[1].strip()
         assert "annotation" in urllib.parse.unquote(link)
         url = _xy_view(link, 15)
-        for attempt in range(3):  # the viewer sometimes drops a layer at start-up (its race)
-            out = str(tmp_path / f"points{attempt}.png")
-            _screenshot(url, out, str(tmp_path / f"pprofile{attempt}"))
-            if not os.path.exists(out):
-                continue
-            with open(out, "rb") as f:
-                image = imagecodecs.png_decode(f.read())
+        for image in _screenshots(url, tmp_path / "points"):
             box = _outline(image)
             if box is None:
                 continue
@@ -322,13 +329,7 @@ def test_viewer_in_headless_chromium_shows_the_volume(tmp_path):
         low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
         expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
         url = _xy_view(link, z)
-        for attempt in range(3):  # the viewer sometimes drops a layer at start-up (its race)
-            out = str(tmp_path / f"shot{attempt}.png")
-            _screenshot(url, out, str(tmp_path / f"profile{attempt}"))
-            if not os.path.exists(out):
-                continue
-            with open(out, "rb") as f:
-                image = imagecodecs.png_decode(f.read())
+        for image in _screenshots(url, tmp_path / "volume"):
             seen = _volume_in_screenshot(image, stack.shape[1:])
             if seen is None or seen.std() < 5:
                 continue  # no outline, or a uniform (black or grey) panel
