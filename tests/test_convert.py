@@ -186,3 +186,21 @@ def test_zarr_output_opens_in_tensorstore(tmp_path):
             {"driver": "zarr", "kvstore": {"driver": "file", "path": str(tmp_path / "out" / key)}}
         ).result()
         np.testing.assert_array_equal(array.read().result(), expected[level])
+
+
+def test_warns_when_a_level_crowds_one_folder(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import precomputed_tif.convert as convert_module
+
+    monkeypatch.setattr(convert_module, "CROWDED_FOLDER", 20)
+    stack = random_stack((8, 40, 40), "uint8")
+    source = write_planes(tmp_path / "planes", stack)
+    with caplog.at_level(logging.WARNING):
+        convert_stack(source, str(tmp_path / "t"), "tiff", chunk=(8, 8, 8))
+    assert "level 1 puts 25 chunk files in one folder" in caplog.text
+    assert "blockfs" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        convert_stack(source, str(tmp_path / "b"), "blockfs", chunk=(8, 8, 8))
+    assert caplog.text == ""

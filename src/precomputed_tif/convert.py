@@ -230,6 +230,7 @@ def convert(
     wanted["stages"] = [_stage_to_json(s) for s in stages]
     run = prepare_destination(store.path, wanted, resume=resume, overwrite=overwrite)
     stages = tuple(_stage_from_json(s) for s in run["stages"])
+    _warn_about_crowded_folders(store)
     for stage in stages:
         log.info(
             "levels %d-%d: %d tasks of %s voxels, about %.1f MiB each",
@@ -247,6 +248,24 @@ def convert(
     store.write_info()
     run["complete"] = True
     write_atomically(_state_path(store.path, RUN_FILE), json.dumps(run, indent=1).encode())
+
+
+CROWDED_FOLDER = 100_000
+
+
+def _warn_about_crowded_folders(store: ChunkStore) -> None:
+    """File-per-chunk layouts that put more files in one folder than file systems like."""
+    if store.format_name != "tiff":
+        return  # zarr spreads chunks over zi/yi folders; blockfs writes a handful of files
+    for level, scale in enumerate(store.pyramid.scales, start=1):
+        if scale.n_chunks > CROWDED_FOLDER:
+            log.warning(
+                "level %d puts %d chunk files in one folder (file systems slow down past about "
+                "%d); --format blockfs stores the same in a few large files",
+                level,
+                scale.n_chunks,
+                CROWDED_FOLDER,
+            )
 
 
 def _run_stage(
