@@ -189,11 +189,10 @@ def test_zarr_output_opens_in_tensorstore(tmp_path):
 
 
 def test_warns_when_a_level_crowds_one_folder(tmp_path, monkeypatch, caplog):
+    import importlib
     import logging
 
-    import precomputed_tif.convert as convert_module
-
-    monkeypatch.setattr(convert_module, "CROWDED_FOLDER", 20)
+    monkeypatch.setattr(importlib.import_module("precomputed_tif.convert"), "CROWDED_FOLDER", 20)
     stack = random_stack((8, 40, 40), "uint8")
     source = write_planes(tmp_path / "planes", stack)
     with caplog.at_level(logging.WARNING):
