@@ -29,6 +29,13 @@ class Scale:
     resolution_nm: tuple[float, float, float]
     voxel_offset: XYZ = (0, 0, 0)
     encoding: str = "raw"
+    # the info's own JSON for these two: a sharding spec, and compressed_segmentation's blocks
+    sharding: tuple[tuple[str, Any], ...] | None = None
+    segmentation_block_size: XYZ | None = None
+
+    @property
+    def sharding_json(self) -> dict[str, Any] | None:
+        return dict(self.sharding) if self.sharding is not None else None
 
     @property
     def grid_shape(self) -> XYZ:
@@ -40,7 +47,7 @@ class Scale:
         return gx * gy * gz
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "chunk_sizes": [list(self.chunk_size)],
             "encoding": self.encoding,
             "key": self.key,
@@ -48,6 +55,11 @@ class Scale:
             "size": list(self.size),
             "voxel_offset": list(self.voxel_offset),
         }
+        if self.segmentation_block_size is not None:
+            out["compressed_segmentation_block_size"] = list(self.segmentation_block_size)
+        if self.sharding is not None:
+            out["sharding"] = dict(self.sharding)
+        return out
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Scale:
@@ -58,6 +70,10 @@ class Scale:
             resolution_nm=tuple(float(r) for r in obj["resolution"]),  # type: ignore[arg-type]
             voxel_offset=_xyz(obj.get("voxel_offset", [0, 0, 0])),
             encoding=str(obj.get("encoding", "raw")).lower(),
+            sharding=tuple(sorted(obj["sharding"].items())) if obj.get("sharding") else None,
+            segmentation_block_size=_xyz(obj["compressed_segmentation_block_size"])
+            if obj.get("compressed_segmentation_block_size")
+            else None,
         )
 
 
@@ -121,11 +137,16 @@ def plan_pyramid(
     chunk_size: XYZ = (64, 64, 64),
     levels: int | None = None,
     segmentation: bool = False,
+    encoding: str = "raw",
 ) -> Pyramid:
     """The pyramid the converter writes for a stack of `size` voxels (xyz).
 
-    With `levels` None, levels are added until the coarsest fits in one chunk.
+    With `levels` None, levels are added until the coarsest fits in one chunk. `encoding` is
+    the Neuroglancer chunk encoding (it matters to ``--format precomputed`` only).
     """
+    from .encodings import check_encoding
+
+    check_encoding(encoding, np.dtype(dtype).name)
     if np.dtype(dtype).name not in SUPPORTED_DTYPES:
         raise PlanError(
             f"data type {np.dtype(dtype).name} is not supported; "

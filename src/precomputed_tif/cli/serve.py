@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cors-origin", default="*", help="Access-Control-Allow-Origin value (default *)"
     )
-    parser.add_argument("--threads", type=int, default=16, help="worker threads (default 16)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=max(4, 2 * (os.cpu_count() or 1)),
+        help="worker threads (default: twice the cores, at least 4)",
+    )
     parser.add_argument(
         "--cache-size",
         type=parse_size,

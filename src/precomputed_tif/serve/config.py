@@ -56,7 +56,9 @@ def detect_served_format(directory: str) -> str:
         scales = info.get("scales") or []
         if not scales or "sharding" in scales[0]:
             return "raw"
-        return detect_format(directory, str(scales[0]["key"]))
+        detected = detect_format(directory, str(scales[0]["key"]))
+        # Neuroglancer's own files need no translation: they are served as they are
+        return "raw" if detected == "precomputed" else detected
     except (StoreError, KeyError, TypeError, AttributeError):
         return "raw"
 

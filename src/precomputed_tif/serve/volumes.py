@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cache import ByteCache
 from ..errors import StoreError
 from ..geometry import Box
 from ..pyramid import Pyramid
@@ -37,33 +38,15 @@ CONTENT_TYPES = {
 }
 
 
-class ChunkCache:
-    """Raw chunk bytes by key, least recently used out first, bounded in bytes."""
-
-    def __init__(self, capacity_bytes: int) -> None:
-        self.capacity = capacity_bytes
-        self.size = 0
-        self._items: OrderedDict[Any, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+class ChunkCache(ByteCache):
+    """Raw chunk bytes served recently, by (folder, level, box, stamp)."""
 
     def get(self, key: Any) -> bytes | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+        item = super().get(key)
+        return None if item is None else item[0]
 
-    def put(self, key: Any, value: bytes) -> None:
-        if len(value) > self.capacity // 4:
-            return
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = value
-            self.size += len(value)
-            while self.size > self.capacity:
-                _, old = self._items.popitem(last=False)
-                self.size -= len(old)
+    def put(self, key: Any, value: bytes, size: int | None = None) -> None:
+        super().put(key, value, len(value) if size is None else size)
 
 
 class StoreCache:

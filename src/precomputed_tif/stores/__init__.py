@@ -12,6 +12,7 @@ from ..errors import StoreError
 from ..pyramid import Pyramid
 from .base import ChunkStore, read_info
 from .blockfs import DIRECTORY_NAME, BlockfsStore
+from .precomputed import PrecomputedStore
 from .tiff import TiffStore
 from .zarr_v2 import ZARRAY, ZarrStore
 
@@ -19,6 +20,7 @@ FORMATS: dict[str, type[ChunkStore]] = {
     "tiff": TiffStore,
     "zarr": ZarrStore,
     "blockfs": BlockfsStore,
+    "precomputed": PrecomputedStore,
 }
 
 
@@ -45,15 +47,37 @@ def detect_format(path: str, first_key: str) -> str:
         raise StoreError(f"{path!r} has no folder for its first level {first_key!r}") from exc
     if any(name.endswith(".tiff") for name in names):
         return "tiff"
-    raise StoreError(f"cannot tell the layout of {path!r}: {level!r} holds no known chunk files")
+    return "precomputed"  # Neuroglancer's own files (or no chunk written yet)
 
 
 def open_store(path: str, format_name: str | None = None) -> ChunkStore:
-    """Open an existing volume folder for reading; the format is detected when not given."""
-    pyramid = Pyramid.from_info(read_info(path))
+    """Open a volume for reading: a folder (layout detected when not given) or a URL.
+
+    ``http(s)://`` URLs are read as Neuroglancer precomputed sources, whatever layout the
+    server keeps on its disk.
+    """
+    import json
+
+    from ..locations import open_location
+
+    url = path.removeprefix("precomputed://")
+    if url.startswith(("http://", "https://")):
+        content = open_location(url).read("info")
+        if content is None:
+            raise StoreError(f"{url}/info not found: not a precomputed source")
+        try:
+            info = json.loads(content)
+        except ValueError as exc:
+            raise StoreError(f"{url}/info is not JSON: {exc}") from exc
+        return PrecomputedStore(url, Pyramid.from_info(info))
+    if url.startswith("file://"):
+        url = open_location(url).url
+    pyramid = Pyramid.from_info(read_info(url))
+    if any(scale.sharding is not None for scale in pyramid.scales):
+        format_name = "precomputed"
     if format_name is None:
-        format_name = detect_format(path, pyramid.scales[0].key)
-    return create_store(format_name, path, pyramid)
+        format_name = detect_format(url, pyramid.scales[0].key)
+    return create_store(format_name, url, pyramid)
 
 
 __all__ = ["FORMATS", "ChunkStore", "create_store", "detect_format", "open_store"]

@@ -1,0 +1,182 @@
+"""``--format precomputed``: Neuroglancer's own layout, readable by every tool of the field.
+
+Unsharded: one file per chunk, ``R_R_R/x0-x1_y0-y1_z0-z1`` (``.gz`` appended when written with
+gzip, which our servers send as ``Content-Encoding: gzip``), in the scale's encoding. Sharded
+scales (``neuroglancer_uint64_sharded_v1``) are read here; the converter writes them a shard at a
+time. Reading works the same from a folder or an ``http(s)://`` URL: chunks are fetched
+concurrently and decoded chunks are kept in a bounded cache.
+"""
+
+from __future__ import annotations
+
+import gzip as gzip_module
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from ..cache import ByteCache
+from ..encodings import decode_chunk, encode_chunk
+from ..geometry import Box, chunks_in
+from ..locations import Location, open_location
+from ..sharding import ShardingSpec, compressed_morton_codes
+from .base import ChunkStore, file_stamp, write_atomically
+
+GZIP_ENCODINGS = ("raw", "compressed_segmentation")
+READ_THREADS = 16
+CACHE_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True, eq=False)
+class PrecomputedStore(ChunkStore):
+    gzip_files: bool = False
+
+    format_name = "precomputed"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.pyramid, self.gzip_files))
+
+    @cached_property
+    def location(self) -> Location:
+        return open_location(self.path)
+
+    @cached_property
+    def _cache(self) -> ByteCache:
+        return ByteCache(CACHE_BYTES)
+
+    @cached_property
+    def _shard_readers(self) -> dict[int, ShardReader]:
+        return {}
+
+    def chunk_name(self, level: int, box: Box) -> str:
+        offset = self.pyramid.scale(level).voxel_offset
+        start = tuple(a + o for a, o in zip(box.start, offset))
+        stop = tuple(b + o for b, o in zip(box.stop, offset))
+        return Box(start, stop).chunk_name  # type: ignore[arg-type]
+
+    # --- writing (local folders) ---------------------------------------------------------
+    def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
+        scale = self.pyramid.scale(level)
+        blob = encode_chunk(
+            data, scale.encoding, block_size=scale.segmentation_block_size or (8, 8, 8)
+        )
+        name = os.path.join(self.level_path(level), self.chunk_name(level, box))
+        if self.gzip_files and scale.encoding in GZIP_ENCODINGS:
+            write_atomically(name + ".gz", gzip_module.compress(blob, compresslevel=6, mtime=0))
+        else:
+            write_atomically(name, blob)
+
+    # --- reading (folders and URLs) ------------------------------------------------------
+    def _blob(self, level: int, box: Box) -> bytes | None:
+        scale = self.pyramid.scale(level)
+        if scale.sharding is not None:
+            reader = self._shard_readers.get(level)
+            if reader is None:
+                spec = ShardingSpec.from_json(scale.sharding_json or {})
+                reader = self._shard_readers[level] = ShardReader(
+                    self.location.child(scale.key), spec
+                )
+            index = [a // c for a, c in zip(box.start, scale.chunk_size)]
+            key = int(compressed_morton_codes(np.array([index]), scale.grid_shape)[0])
+            return reader.get(key)
+        return self.location.child(scale.key).read(self.chunk_name(level, box))
+
+    def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
+        cached = self._cache[(level, box)]
+        if cached is not None:
+            return cached
+        blob = self._blob(level, box)
+        if blob is None:
+            return None
+        scale = self.pyramid.scale(level)
+        data = decode_chunk(
+            blob,
+            scale.encoding,
+            box.numpy_shape,
+            self.pyramid.dtype,
+            block_size=scale.segmentation_block_size or (8, 8, 8),
+        )
+        self._cache.put((level, box), data, data.nbytes)
+        return data
+
+    def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
+        if self.pyramid.scale(level).sharding is None and not self.path.startswith(
+            ("http://", "https://", "precomputed://")
+        ):
+            name = os.path.join(self.level_path(level), self.chunk_name(level, box))
+            return file_stamp(name) or file_stamp(name + ".gz")
+        return super().chunk_stamp(level, box)
+
+    def read_region(self, level: int, box: Box) -> np.ndarray:
+        """Like the base class, but fetching the chunks concurrently (a URL has latency)."""
+        scale = self.pyramid.scale(level)
+        out = np.zeros(box.numpy_shape, self.pyramid.dtype)
+        chunks = [chunk for _, chunk in chunks_in(box, scale.chunk_size, scale.size)]
+        if len(chunks) > 1:
+            with ThreadPoolExecutor(min(READ_THREADS, len(chunks))) as pool:
+                datas = list(pool.map(lambda c: self.read_chunk(level, c), chunks))
+        else:
+            datas = [self.read_chunk(level, c) for c in chunks]
+        for chunk, data in zip(chunks, datas):
+            if data is None:
+                continue
+            part = chunk.intersect(box)
+            out[part.relative_to(box.start).numpy_slices()] = data[
+                part.relative_to(chunk.start).numpy_slices()
+            ]
+        return out
+
+
+class ShardReader:
+    """Reads keys of one sharded scale, keeping the minishard tables it has fetched."""
+
+    def __init__(self, location: Location, spec: ShardingSpec) -> None:
+        self.location = location
+        self.spec = spec
+        self._tables = ByteCache(64 * 2**20)
+
+    def _table(self, shard: int, minishard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cached = self._tables[(shard, minishard)]
+        if cached is not None:
+            return cached
+        name = self.spec.shard_name(shard)
+        empty = (np.zeros(0, np.uint64),) * 3
+        entry = self.location.read_range(name, 16 * minishard, 16)
+        if entry is None or len(entry) < 16:
+            table = empty
+        else:
+            start, end = (int(v) for v in np.frombuffer(entry, "<u8"))
+            raw = (
+                self.location.read_range(name, self.spec.index_bytes + start, end - start)
+                if end > start
+                else None
+            )
+            if raw is None:
+                table = empty
+            else:
+                if self.spec.minishard_index_encoding == "gzip":
+                    raw = gzip_module.decompress(raw)
+                rows = np.frombuffer(raw, "<u8").reshape(3, -1)
+                keys = np.cumsum(rows[0])
+                ends_before = np.concatenate([[0], np.cumsum(rows[2])[:-1]]).astype(np.uint64)
+                starts = np.cumsum(rows[1]) + ends_before
+                table = (keys, starts, rows[2].copy())
+        self._tables.put((shard, minishard), table, 24 * len(table[0]) + 64)
+        return table
+
+    def get(self, key: int) -> bytes | None:
+        shard, minishard = (int(v[0]) for v in self.spec.locate(np.array([key], np.uint64)))
+        keys, starts, sizes = self._table(shard, minishard)
+        found = np.flatnonzero(keys == np.uint64(key))
+        if len(found) == 0:
+            return None
+        i = int(found[0])
+        blob = self.location.read_range(
+            self.spec.shard_name(shard), self.spec.index_bytes + int(starts[i]), int(sizes[i])
+        )
+        if blob is None:
+            return None
+        return gzip_module.decompress(blob) if self.spec.data_encoding == "gzip" else blob
