@@ -14,8 +14,6 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-import numpy as np
-
 from ..cache import ByteCache
 from ..errors import StoreError
 from ..geometry import Box
@@ -123,10 +121,11 @@ def serve_chunk(
     cache_key = (source.directory, level, local, stamp)
     body = cache.get(cache_key)
     if body is None:
-        data = store.read_chunk(level, local)
-        if data is None:
+        body = store.read_chunk_bytes(level, local)
+        if body is None:
             raise HttpError(404, f"chunk {name} was never written")
-        body = np.ascontiguousarray(data, data.dtype.newbyteorder("<")).tobytes()
+        if len(body) != local.voxels * pyramid.dtype.itemsize:
+            raise StoreError(f"chunk {name} of {source.directory!r} has the wrong size")
         cache.put(cache_key, body)
     return Response(200, body, {"Content-Type": OCTETS, "ETag": etag_for(stamp)})
 

@@ -116,6 +116,16 @@ class ChunkStore(ABC):
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         """The (z, y, x) voxels of one chunk, or None when it was never written."""
 
+    def read_chunk_bytes(self, level: int, box: Box) -> bytes | None:
+        """Neuroglancer's raw bytes of one chunk (little-endian, x fastest), or None if missing.
+
+        Layouts whose stored bytes already are these override it and skip numpy.
+        """
+        data = self.read_chunk(level, box)
+        if data is None:
+            return None
+        return np.ascontiguousarray(data, data.dtype.newbyteorder("<")).tobytes()
+
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
         """What changes when the chunk's bytes change (file times, sizes), or None if missing.
 

@@ -104,6 +104,16 @@ class BlockDirectory:
 
     def read_block(self, x: int, y: int, z: int) -> np.ndarray | None:
         """The clipped (z, y, x) block whose corner is (x, y, z), or None if never written."""
+        raw = self.read_block_bytes(x, y, z)
+        if raw is None:
+            return None
+        bx, by, bz = self.block_size_xyz
+        ex, ey, ez = self.extent_xyz
+        shape = (min(bz, ez - z), min(by, ey - y), min(bx, ex - x))
+        return np.frombuffer(raw, np.dtype(self.metadata["DType"])).reshape(shape)
+
+    def read_block_bytes(self, x: int, y: int, z: int) -> bytes | None:
+        """The decompressed bytes of the block whose corner is (x, y, z) (C order, clipped)."""
         import numcodecs.blosc
 
         i = self.block_index(x, y, z)
@@ -126,7 +136,7 @@ class BlockDirectory:
         dtype = np.dtype(self.metadata["DType"])
         if len(raw) != math.prod(shape) * dtype.itemsize:
             raise StoreError(f"block {i} in {path!r} holds {len(raw)} bytes; expected {shape}")
-        return np.frombuffer(raw, dtype).reshape(shape)
+        return raw
 
 
 def encode_directory_header(metadata: dict[str, Any]) -> bytes:
@@ -345,6 +355,13 @@ class BlockfsStore(ChunkStore):
             return None
         stat = os.stat(path)
         return (stat.st_mtime_ns, stat.st_size, *(n for s in found for n in s))
+
+    def read_chunk_bytes(self, level: int, box: Box) -> bytes | None:
+        directory = open_directory(self.directory_path(level))
+        little = np.dtype(directory.metadata["DType"]).byteorder in "<|="
+        if directory.block_size_xyz == self.pyramid.scale(level).chunk_size and little:
+            return directory.read_block_bytes(*box.start)  # the block is the chunk, as stored
+        return super().read_chunk_bytes(level, box)
 
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         directory = open_directory(self.directory_path(level))
