@@ -63,9 +63,7 @@ class LocalLocation:
 
 
 class HttpLocation:
-    """A precomputed source served over HTTP(S)."""
-
-    _local = threading.local()
+    """A precomputed source served over HTTP(S), with a pool of keep-alive connections."""
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
@@ -76,35 +74,53 @@ class HttpLocation:
         self.host = parts.hostname
         self.port = parts.port
         self.base_path = parts.path
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._owner = True  # children share the pool; its owner closes it
 
-    def _connection(self) -> http.client.HTTPConnection:
-        key = (self.scheme, self.host, self.port)
-        pool = getattr(self._local, "connections", None)
-        if pool is None:
-            pool = self._local.connections = {}
-        conn = pool.get(key)
-        if conn is None:
-            if self.scheme == "https":
-                conn = http.client.HTTPSConnection(self.host, self.port, timeout=60)
-            else:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
-            pool[key] = conn
-        return conn
+    def _take(self) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        if self.scheme == "https":
+            return http.client.HTTPSConnection(self.host, self.port, timeout=60)
+        return http.client.HTTPConnection(self.host, self.port, timeout=60)
+
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < 32:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle = list(self._idle)
+            self._idle.clear()
+        for conn in idle:
+            conn.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_owner", False):
+            self.close()
 
     def _get(self, name: str, headers: dict[str, str]) -> bytes | None:
         path = self.base_path + "/" + urllib.parse.quote(name)
         for attempt in range(2):  # a kept-alive connection the server closed: reconnect once
-            conn = self._connection()
+            conn = self._take()
             try:
                 conn.request("GET", path, headers=headers)
                 response = conn.getresponse()
                 body = response.read()
-            except (http.client.HTTPException, ConnectionError, OSError) as exc:
+            except (http.client.HTTPException, OSError) as exc:
                 conn.close()
-                self._local.connections.pop((self.scheme, self.host, self.port), None)
                 if attempt:
                     raise StoreError(f"cannot fetch {self.url}/{name}: {exc}") from exc
                 continue
+            if response.will_close:
+                conn.close()
+            else:
+                self._give_back(conn)
             if response.status in (404, 403):
                 return None
             if response.status not in (200, 206):
@@ -123,7 +139,10 @@ class HttpLocation:
         return self._get(name, {"Range": f"bytes={offset}-{offset + size - 1}"})
 
     def child(self, name: str) -> HttpLocation:
-        return HttpLocation(self.url + "/" + name)
+        """The location under `name`, sharing this one's connections (same host)."""
+        child = HttpLocation(self.url + "/" + name)
+        child._idle, child._lock, child._owner = self._idle, self._lock, False
+        return child
 
 
 def open_location(url_or_path: str) -> Location:

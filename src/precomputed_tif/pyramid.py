@@ -144,7 +144,7 @@ def plan_pyramid(
     With `levels` None, levels are added until the coarsest fits in one chunk. `encoding` is
     the Neuroglancer chunk encoding (it matters to ``--format precomputed`` only).
     """
-    from .encodings import check_encoding
+    from .encodings import DEFAULT_SEGMENTATION_BLOCK, check_encoding
 
     check_encoding(encoding, np.dtype(dtype).name)
     if np.dtype(dtype).name not in SUPPORTED_DTYPES:
@@ -169,6 +169,10 @@ def plan_pyramid(
                 size=level_size,
                 chunk_size=chunk_size,
                 resolution_nm=tuple(v * factor for v in voxel_size_nm),
+                encoding=encoding,
+                segmentation_block_size=DEFAULT_SEGMENTATION_BLOCK
+                if encoding == "compressed_segmentation"
+                else None,
             )
         )
         fits_one_chunk = all(s <= c for s, c in zip(level_size, chunk_size))

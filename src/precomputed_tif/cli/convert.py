@@ -39,8 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--format",
         default="tiff",
-        choices=["tiff", "zarr", "blockfs"],
-        help="chunk storage: tiff (a 3D TIFF per chunk), zarr, or blockfs (few large files)",
+        choices=["tiff", "zarr", "blockfs", "precomputed"],
+        help="chunk storage: tiff (a 3D TIFF per chunk), zarr, blockfs (few large files), or "
+        "precomputed (Neuroglancer's own files, served by any static web server)",
+    )
+    parser.add_argument(
+        "--encoding",
+        default="raw",
+        choices=["raw", "jpeg", "png", "compressed_segmentation"],
+        help="chunk encoding for --format precomputed (default raw)",
+    )
+    parser.add_argument(
+        "--gzip",
+        action="store_true",
+        help="gzip raw and compressed_segmentation chunk files (--format precomputed)",
     )
     parser.add_argument(
         "--voxel-size",
@@ -165,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         from .. import convert, create_store, open_source, plan_pyramid
+        from ..errors import PlanError
         from ..executors import process_pool
 
         budget = _budget(args)
@@ -177,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             chunk_size=args.chunk_size,
             levels=args.levels,
             segmentation=args.segmentation,
+            encoding=args.encoding if args.format == "precomputed" else "raw",
         )
         x, y, z = source.size
         log.info(
@@ -189,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             pyramid.n_levels,
             args.format,
         )
-        store = create_store(args.format, os.path.abspath(args.dest), pyramid)
+        if args.format != "precomputed" and (args.encoding != "raw" or args.gzip):
+            raise PlanError("--encoding and --gzip apply to --format precomputed only")
+        store = create_store(args.format, os.path.abspath(args.dest), pyramid, gzip_files=args.gzip)
         bars = _Bars(enabled=sys.stderr.isatty() and log.getEffectiveLevel() <= logging.INFO)
         try:
             with _logging_beside(bars), process_pool(budget.n_workers) as executor:

@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-size",
         type=parse_size,
-        default=parse_size("256M"),
-        help="memory for decoded chunks (default 256M)",
+        default=parse_size("1G"),
+        help="memory for decoded chunks, shared by all requests (default 1G)",
     )
     parser.add_argument(
         "--gzip",

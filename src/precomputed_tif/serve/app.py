@@ -10,6 +10,7 @@ else: bad paths 400/404/414, a method we do not serve 405, damaged data 500 (log
 
 from __future__ import annotations
 
+import gzip
 import html
 import json
 import logging
@@ -193,6 +194,12 @@ class PrecomputedApp:
         return response
 
     def _maybe_gzip(self, environ: dict[str, Any], response: Response) -> None:
+        if response.headers.get("Content-Encoding") == "gzip":  # a stored .gz file
+            response.headers["Vary"] = "Accept-Encoding"
+            if not accepts_gzip(environ):
+                response.body = gzip.decompress(_read_all(response.body))
+                del response.headers["Content-Encoding"]
+            return
         is_json = response.headers.get("Content-Type") == JSON
         if not (is_json or self.gzip_chunks) or response.length < GZIP_MIN_BYTES:
             return

@@ -131,13 +131,29 @@ def serve_chunk(
 
 
 def serve_file(source: Source, parts: list[str]) -> Response:
-    """A plain file of a raw folder; never one outside it, never a hidden one."""
+    """A plain file of a raw folder; never one outside it, never a hidden one.
+
+    A missing ``name`` whose ``name.gz`` exists (precomputed chunks written with gzip) is
+    answered with the gzip bytes and ``Content-Encoding: gzip``; the app unpacks them for
+    clients that do not accept gzip.
+    """
     if any(part.startswith(".") for part in parts):
         raise HttpError(404, "not found")
-    path = os.path.realpath(os.path.join(source.directory, *parts))
-    if os.path.commonpath([path, source.directory]) != source.directory:
-        raise HttpError(404, "not found")
+    path = _inside(source, os.path.join(source.directory, *parts))
+    if not os.path.exists(path) and not parts[-1].endswith(".gz"):
+        packed = _inside(source, path + ".gz")
+        if os.path.isfile(packed):
+            response = _static_file(packed, content_type=OCTETS)
+            response.headers["Content-Encoding"] = "gzip"
+            return response
     return _static_file(path)
+
+
+def _inside(source: Source, path: str) -> str:
+    real = os.path.realpath(path)
+    if os.path.commonpath([real, source.directory]) != source.directory:
+        raise HttpError(404, "not found")
+    return real
 
 
 def _static_file(path: str, content_type: str | None = None) -> Response:

@@ -24,13 +24,20 @@ FORMATS: dict[str, type[ChunkStore]] = {
 }
 
 
-def create_store(format_name: str, path: str, pyramid: Pyramid) -> ChunkStore:
+def create_store(
+    format_name: str, path: str, pyramid: Pyramid, *, gzip_files: bool = False
+) -> ChunkStore:
+    """A store of `format_name` at `path`; `gzip_files` gzips precomputed chunk files."""
     try:
         cls = FORMATS[format_name]
     except KeyError:
         raise StoreError(
             f"unknown format {format_name!r}; expected one of {', '.join(FORMATS)}"
         ) from None
+    if cls is PrecomputedStore:
+        return PrecomputedStore(path, pyramid, gzip_files)
+    if gzip_files:
+        raise StoreError("--gzip applies to --format precomputed only")
     return cls(path, pyramid)
 
 

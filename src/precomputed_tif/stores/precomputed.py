@@ -51,6 +51,16 @@ class PrecomputedStore(ChunkStore):
     def _shard_readers(self) -> dict[int, ShardReader]:
         return {}
 
+    @cached_property
+    def _level_locations(self) -> dict[str, Location]:
+        return {}
+
+    def _level_location(self, key: str) -> Location:
+        location = self._level_locations.get(key)
+        if location is None:
+            location = self._level_locations[key] = self.location.child(key)
+        return location
+
     def chunk_name(self, level: int, box: Box) -> str:
         offset = self.pyramid.scale(level).voxel_offset
         start = tuple(a + o for a, o in zip(box.start, offset))
@@ -77,12 +87,12 @@ class PrecomputedStore(ChunkStore):
             if reader is None:
                 spec = ShardingSpec.from_json(scale.sharding_json or {})
                 reader = self._shard_readers[level] = ShardReader(
-                    self.location.child(scale.key), spec
+                    self._level_location(scale.key), spec
                 )
             index = [a // c for a, c in zip(box.start, scale.chunk_size)]
             key = int(compressed_morton_codes(np.array([index]), scale.grid_shape)[0])
             return reader.get(key)
-        return self.location.child(scale.key).read(self.chunk_name(level, box))
+        return self._level_location(scale.key).read(self.chunk_name(level, box))
 
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         cached = self._cache[(level, box)]

@@ -1,0 +1,200 @@
+"""--format precomputed and the reader for any precomputed source, proven against TensorStore."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import convert_stack, random_stack, reference_pyramid, write_planes
+from servekit import call
+from test_serve_cli import RunningServer
+
+from precomputed_tif import open_volume
+from precomputed_tif.geometry import chunks_in, full_box
+from precomputed_tif.serve import PrecomputedApp
+from precomputed_tif.serve.config import resolve_source
+
+CASES = [
+    ("raw", "uint16", False, False),
+    ("raw", "float32", True, False),
+    ("png", "uint16", False, False),
+    ("png", "uint8", False, False),
+    ("jpeg", "uint8", False, False),
+    ("compressed_segmentation", "uint32", True, True),
+    ("compressed_segmentation", "uint64", False, True),
+]
+
+
+def _stack(dtype: str, segmentation: bool) -> np.ndarray:
+    if segmentation:
+        rng = np.random.default_rng(7)
+        labels = np.array([0, 5, 2**31 + 9, 77], np.uint64 if dtype == "uint64" else np.uint32)
+        return rng.choice(labels, size=(18, 27, 35), p=[0.5, 0.2, 0.2, 0.1])
+    if dtype == "uint8":
+        # smooth content: jpeg is lossy, and a smooth image keeps its error small
+        z, y, x = np.mgrid[0:18, 0:27, 0:35]
+        return (100 + 60 * np.sin(x / 6) * np.cos(y / 5) + z).astype(np.uint8)
+    return random_stack((18, 27, 35), dtype, seed=3)
+
+
+def _make(tmp_path, encoding, dtype, gzip_files, segmentation):
+    stack = _stack(dtype, segmentation)
+    source = write_planes(tmp_path / "planes", stack)
+    dest = str(tmp_path / "out")
+    from precomputed_tif import Budget, convert, create_store, open_source, plan_pyramid
+    from precomputed_tif.executors import SerialExecutor
+
+    src = open_source(source)
+    pyramid = plan_pyramid(
+        src.size,
+        src.dtype.name,
+        voxel_size_nm=(1000, 1000, 1000),
+        chunk_size=(16, 16, 16),
+        segmentation=segmentation,
+        encoding=encoding,
+    )
+    store = create_store("precomputed", dest, pyramid, gzip_files=gzip_files)
+    convert(src, store, executor=SerialExecutor(), budget=Budget(1, 2**30))
+    return stack, dest, pyramid.n_levels
+
+
+def _close(got, want, encoding):
+    if encoding == "jpeg":
+        assert np.abs(got.astype(int) - want.astype(int)).mean() < 3
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("encoding, dtype, gzip_files, segmentation", CASES)
+def test_every_encoding_round_trips(tmp_path, encoding, dtype, gzip_files, segmentation):
+    stack, dest, levels = _make(tmp_path, encoding, dtype, gzip_files, segmentation)
+    expected = reference_pyramid(stack, levels, segmentation)
+    volume = open_volume(dest)
+    assert volume.format == "precomputed"
+    info = json.loads((tmp_path / "out" / "info").read_text())
+    assert {s["encoding"] for s in info["scales"]} == {encoding}
+    names = os.listdir(tmp_path / "out" / "1_1_1")
+    assert all(n.endswith(".gz") for n in names) == gzip_files
+    for level in range(1, levels + 1):
+        _close(volume[level][:, :, :], expected[level - 1], encoding)
+
+
+@pytest.mark.parametrize("encoding, dtype, gzip_files, segmentation", CASES)
+def test_tensorstore_reads_our_precomputed_output(
+    tmp_path, encoding, dtype, gzip_files, segmentation
+):
+    """From the folder; gzip-file volumes through our server (.gz is an HTTP convention)."""
+    ts = pytest.importorskip("tensorstore")
+    stack, dest, levels = _make(tmp_path, encoding, dtype, gzip_files, segmentation)
+    expected = reference_pyramid(stack, levels, segmentation)
+    server = RunningServer("-d", dest, log="WARNING") if gzip_files else None
+    kvstore = (
+        {"driver": "http", "base_url": server.url + "/"}
+        if server
+        else {"driver": "file", "path": dest}
+    )
+    try:
+        for level in range(levels):
+            array = ts.open(
+                {"driver": "neuroglancer_precomputed", "kvstore": kvstore, "scale_index": level}
+            ).result()
+            got = np.asarray(array.read().result())[..., 0]  # x, y, z, channel
+            _close(got.transpose(2, 1, 0), expected[level], encoding)
+    finally:
+        if server:
+            server.stop()
+
+
+TS_CASES = [
+    ("raw", "uint16", None),
+    ("raw", "uint16", "sharded"),
+    ("compressed_segmentation", "uint32", None),
+    ("compressed_segmentation", "uint64", "sharded"),
+    ("png", "uint8", None),
+    ("jpeg", "uint8", "sharded"),
+]
+
+
+@pytest.mark.parametrize("encoding, dtype, sharding", TS_CASES)
+def test_we_read_what_tensorstore_wrote(tmp_path, encoding, dtype, sharding):
+    ts = pytest.importorskip("tensorstore")
+    data = _stack(dtype, encoding == "compressed_segmentation").transpose(2, 1, 0)  # x, y, z
+    scale: dict = {
+        "encoding": encoding,
+        "chunk_size": [16, 16, 8],
+        "resolution": [4, 4, 40],
+        "size": list(data.shape),
+        "voxel_offset": [3, 5, 7],
+    }
+    if sharding:
+        scale["sharding"] = {
+            "@type": "neuroglancer_uint64_sharded_v1",
+            "preshift_bits": 1,
+            "hash": "murmurhash3_x86_128",
+            "minishard_bits": 2,
+            "shard_bits": 1,
+            "minishard_index_encoding": "gzip",
+            "data_encoding": "gzip",
+        }
+    if encoding == "compressed_segmentation":
+        scale["compressed_segmentation_block_size"] = [8, 8, 4]
+    spec = {
+        "driver": "neuroglancer_precomputed",
+        "kvstore": {"driver": "file", "path": str(tmp_path / "ts")},
+        "multiscale_metadata": {
+            "type": "segmentation" if "seg" in encoding else "image",
+            "data_type": dtype,
+            "num_channels": 1,
+        },
+        "scale_metadata": scale,
+        "create": True,
+    }
+    array = ts.open(spec).result()
+    region = array[..., 0]
+    region.write(data).result()
+    truth = np.asarray(region.read().result()).transpose(2, 1, 0)
+    got = open_volume(str(tmp_path / "ts"))[1][:, :, :]
+    np.testing.assert_array_equal(got, truth)
+
+
+def test_reading_over_http_equals_reading_the_folder(tmp_path):
+    stack = random_stack((20, 40, 48), "uint16", seed=12)
+    dest = str(tmp_path / "tiff")
+    convert_stack(write_planes(tmp_path / "planes", stack), dest, "tiff", chunk=(16, 16, 16))
+    server = RunningServer("-d", dest, log="WARNING")
+    try:
+        remote = open_volume(f"precomputed://{server.url}")
+        local = open_volume(dest)
+        assert len(remote) == len(local) and remote.format == "precomputed"
+        for level in range(1, len(local) + 1):
+            np.testing.assert_array_equal(remote[level][:, :, :], local[level][:, :, :])
+        np.testing.assert_array_equal(remote[1][3:17, 5:38, 1:47], stack[3:17, 5:38, 1:47])
+    finally:
+        server.stop()
+
+
+def test_file_url(tmp_path):
+    stack = random_stack((8, 16, 16), "uint8", seed=1)
+    dest = str(tmp_path / "v")
+    convert_stack(write_planes(tmp_path / "planes", stack), dest, "zarr", chunk=(8, 8, 8))
+    np.testing.assert_array_equal(open_volume("file://" + dest)[1][:, :, :], stack)
+
+
+def test_server_sends_stored_gzip_chunks_with_content_encoding(tmp_path):
+    stack, dest, _ = _make(tmp_path, "raw", "uint16", True, False)
+    app = PrecomputedApp(single=resolve_source("", dest, None))
+    volume = open_volume(dest)
+    scale = volume.pyramid.scale(1)
+    for _, box in list(chunks_in(full_box(scale.size), scale.chunk_size, scale.size))[:5]:
+        zipped = call(app, f"/1_1_1/{box.chunk_name}", headers={"Accept-Encoding": "gzip"})
+        assert zipped.status == 200 and zipped.headers["content-encoding"] == "gzip"
+        import gzip
+
+        raw = gzip.decompress(zipped.body)
+        np.testing.assert_array_equal(
+            np.frombuffer(raw, "<u2").reshape(box.numpy_shape), stack[box.numpy_slices()]
+        )
+        plain = call(app, f"/1_1_1/{box.chunk_name}")
+        assert "content-encoding" not in plain.headers and plain.body == raw
