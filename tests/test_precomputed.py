@@ -7,14 +7,14 @@ import os
 
 import numpy as np
 import pytest
-from conftest import convert_stack, random_stack, reference_pyramid, write_planes
-from servekit import call
-from test_serve_cli import RunningServer
 
+from conftest import convert_stack, random_stack, reference_pyramid, write_planes
 from precomputed_tif import open_volume
 from precomputed_tif.geometry import chunks_in, full_box
 from precomputed_tif.serve import PrecomputedApp
 from precomputed_tif.serve.config import resolve_source
+from servekit import call
+from test_serve_cli import RunningServer
 
 CASES = [
     ("raw", "uint16", False, False),
