@@ -39,7 +39,7 @@ def _stack(dtype: str, segmentation: bool) -> np.ndarray:
     return random_stack((18, 27, 35), dtype, seed=3)
 
 
-def _make(tmp_path, encoding, dtype, gzip_files, segmentation):
+def _make(tmp_path, encoding, dtype, gzip_files, segmentation, sharded_bytes=None):
     stack = _stack(dtype, segmentation)
     source = write_planes(tmp_path / "planes", stack)
     dest = str(tmp_path / "out")
@@ -55,6 +55,8 @@ def _make(tmp_path, encoding, dtype, gzip_files, segmentation):
         segmentation=segmentation,
         encoding=encoding,
     )
+    if sharded_bytes:
+        pyramid = pyramid.sharded(sharded_bytes)
     store = create_store("precomputed", dest, pyramid, gzip_files=gzip_files)
     convert(src, store, executor=SerialExecutor(), budget=Budget(1, 2**30))
     return stack, dest, pyramid.n_levels
@@ -198,3 +200,46 @@ def test_server_sends_stored_gzip_chunks_with_content_encoding(tmp_path):
         )
         plain = call(app, f"/1_1_1/{box.chunk_name}")
         assert "content-encoding" not in plain.headers and plain.body == raw
+
+
+SHARDED = [
+    ("raw", "uint16", False),
+    ("compressed_segmentation", "uint64", True),
+    ("jpeg", "uint8", False),
+    ("png", "uint16", False),
+]
+
+
+@pytest.mark.parametrize("encoding, dtype, segmentation", SHARDED)
+def test_sharded_output_read_by_tensorstore_and_by_us(tmp_path, encoding, dtype, segmentation):
+    ts = pytest.importorskip("tensorstore")
+    # small shards: several shard files per level, each one task's block of chunks
+    stack, dest, levels = _make(tmp_path, encoding, dtype, False, segmentation, 100_000)
+    expected = reference_pyramid(stack, levels, segmentation)
+    info = json.loads((tmp_path / "out" / "info").read_text())
+    assert all(s["sharding"]["hash"] == "identity" for s in info["scales"])
+    shard_files = [n for n in os.listdir(tmp_path / "out" / "1_1_1")]
+    assert len(shard_files) > 1 and all(n.endswith(".shard") for n in shard_files)
+    volume = open_volume(dest)
+    for level in range(levels):
+        array = ts.open(
+            {
+                "driver": "neuroglancer_precomputed",
+                "kvstore": {"driver": "file", "path": dest},
+                "scale_index": level,
+            }
+        ).result()
+        got = np.asarray(array.read().result())[..., 0].transpose(2, 1, 0)
+        _close(got, expected[level], encoding)
+        _close(volume[level + 1][:, :, :], expected[level], encoding)
+
+
+def test_sharded_through_our_server_and_over_http(tmp_path):
+    stack, dest, levels = _make(tmp_path, "raw", "uint16", False, False, 200_000)
+    server = RunningServer("-d", dest, log="WARNING")
+    try:
+        remote = open_volume(server.url)
+        for level, want in enumerate(reference_pyramid(stack, levels), start=1):
+            np.testing.assert_array_equal(remote[level][:, :, :], want)
+    finally:
+        server.stop()

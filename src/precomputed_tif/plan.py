@@ -112,10 +112,23 @@ def plan_stages(
     return tuple(stages)
 
 
+def _shard_block_stage(pyramid: Pyramid, level: int) -> Stage:
+    """A sharded level is made a shard at a time: the task region is one shard's block."""
+    from .sharding import ShardingSpec, block_of_low_bits
+
+    scale = pyramid.scale(level)
+    spec = ShardingSpec.from_json(scale.sharding_json or {})
+    block = block_of_low_bits(scale.grid_shape, spec.preshift_bits + spec.minishard_bits)
+    x, y, z = (c * b for c, b in zip(scale.chunk_size, block))
+    return Stage(level, level, (x, y, z))
+
+
 def _choose_stage(
     pyramid: Pyramid, first: int, budget: int, n_workers: int, overhead: int, *, cut_x: bool
 ) -> Stage | None:
     """The deepest stage from `first` that fits `budget` and still keeps every worker busy."""
+    if pyramid.scale(first).sharding is not None:
+        return _shard_block_stage(pyramid, first)
     shallow = _region_for(pyramid, first, 1, budget, overhead, cut_x=cut_x)
     if shallow is None:
         return None

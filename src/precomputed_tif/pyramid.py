@@ -128,6 +128,26 @@ class Pyramid:
     def with_levels(self, n_levels: int) -> Pyramid:
         return replace(self, scales=self.scales[:n_levels])
 
+    def sharded(self, task_bytes: int) -> Pyramid:
+        """This pyramid with every scale sharded in blocks one task of `task_bytes` can fill."""
+        from .sharding import volume_sharding
+
+        scales = []
+        for level, scale in enumerate(self.scales, start=1):
+            cx, cy, cz = scale.chunk_size
+            chunk_bytes = cx * cy * cz * self.dtype.itemsize
+            # a task holds its block, and (above level 1) the 8 times larger block it is made from
+            read_factor = 2.25 if level == 1 else 9.25
+            data_encoding = "raw" if scale.encoding in ("jpeg", "png") else "gzip"
+            spec, _ = volume_sharding(
+                scale.grid_shape,
+                chunk_bytes,
+                max(chunk_bytes, int(task_bytes / read_factor)),
+                data_encoding=data_encoding,
+            )
+            scales.append(replace(scale, sharding=tuple(sorted(spec.to_json().items()))))
+        return replace(self, scales=tuple(scales))
+
 
 def plan_pyramid(
     size: XYZ,

@@ -292,3 +292,46 @@ def _read_file_range(path: str, offset: int, size: int) -> bytes | None:
             return f.read(size)
     except FileNotFoundError:
         return None
+
+
+def morton_bits(grid_shape: Sequence[int]) -> list[int]:
+    """The dimension each bit of a compressed Morton code comes from, lowest bit first."""
+    bits = [max(0, int(g - 1).bit_length()) for g in grid_shape]
+    order: list[int] = []
+    for i in range(max(bits, default=0)):
+        order.extend(dim for dim, nbits in enumerate(bits) if i < nbits)
+    return order
+
+
+def block_of_low_bits(grid_shape: Sequence[int], low_bits: int) -> tuple[int, ...]:
+    """Chunks per dimension of the block that the `low_bits` lowest code bits enumerate."""
+    block = [1] * len(grid_shape)
+    for dim in morton_bits(grid_shape)[:low_bits]:
+        block[dim] *= 2
+    return tuple(block)
+
+
+def volume_sharding(
+    grid_shape: Sequence[int], chunk_bytes: int, max_shard_bytes: int, *, data_encoding: str
+) -> tuple[ShardingSpec, tuple[int, ...]]:
+    """A spec whose shards are aligned blocks of chunks of at most `max_shard_bytes` (raw).
+
+    Identity hash on compressed Morton codes: the low bits of a code walk a power-of-two block
+    of chunks, so a shard (all codes sharing the high bits) is a rectangular block that one task
+    can fill from the region it holds, and never has to read back and rewrite. Returns the spec
+    and the block's size in chunks per dimension.
+    """
+    total = len(morton_bits(grid_shape))
+    low = 0
+    while low < total and chunk_bytes * 2 ** (low + 1) <= max_shard_bytes:
+        low += 1
+    preshift = min(low, 3)  # up to 8 neighbouring chunks share a minishard table entry run
+    spec = ShardingSpec(
+        hash="identity",
+        preshift_bits=preshift,
+        minishard_bits=low - preshift,
+        shard_bits=total - low,
+        minishard_index_encoding="gzip",
+        data_encoding=data_encoding,
+    )
+    return spec, block_of_low_bits(grid_shape, low)

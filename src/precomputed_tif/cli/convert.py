@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="chunk encoding for --format precomputed (default raw)",
     )
     parser.add_argument(
+        "--sharded",
+        action="store_true",
+        help="--format precomputed as neuroglancer_uint64_sharded_v1 shards: few files per level",
+    )
+    parser.add_argument(
         "--gzip",
         action="store_true",
         help="gzip raw and compressed_segmentation chunk files (--format precomputed)",
@@ -203,8 +208,12 @@ def main(argv: list[str] | None = None) -> int:
             pyramid.n_levels,
             args.format,
         )
-        if args.format != "precomputed" and (args.encoding != "raw" or args.gzip):
-            raise PlanError("--encoding and --gzip apply to --format precomputed only")
+        if args.format != "precomputed" and (args.encoding != "raw" or args.gzip or args.sharded):
+            raise PlanError("--encoding, --gzip and --sharded apply to --format precomputed only")
+        if args.sharded and args.gzip:
+            raise PlanError("--gzip is for unsharded files: shards compress their chunks already")
+        if args.sharded:
+            pyramid = pyramid.sharded(budget.task_bytes)
         store = create_store(args.format, os.path.abspath(args.dest), pyramid, gzip_files=args.gzip)
         bars = _Bars(enabled=sys.stderr.isatty() and log.getEffectiveLevel() <= logging.INFO)
         try:

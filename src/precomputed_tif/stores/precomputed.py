@@ -20,10 +20,11 @@ import numpy as np
 
 from ..cache import ByteCache
 from ..encodings import decode_chunk, encode_chunk
+from ..errors import StoreError
 from ..geometry import Box, chunks_in
 from ..locations import Location, open_location
-from ..sharding import ShardingSpec, compressed_morton_codes
-from .base import ChunkStore, file_stamp, write_atomically
+from ..sharding import ShardingSpec, compressed_morton_codes, encode_blob, write_sharded
+from .base import ChunkStore, TaskWriter, file_stamp, write_atomically
 
 GZIP_ENCODINGS = ("raw", "compressed_segmentation")
 READ_THREADS = 16
@@ -68,11 +69,20 @@ class PrecomputedStore(ChunkStore):
         return Box(start, stop).chunk_name  # type: ignore[arg-type]
 
     # --- writing (local folders) ---------------------------------------------------------
-    def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
+    def task_writer(self, level: int, task_index: int) -> TaskWriter:
+        if self.pyramid.scale(level).sharding is not None:
+            return _ShardWriter(self, level)
+        return super().task_writer(level, task_index)
+
+    def encode(self, level: int, data: np.ndarray) -> bytes:
         scale = self.pyramid.scale(level)
-        blob = encode_chunk(
+        return encode_chunk(
             data, scale.encoding, block_size=scale.segmentation_block_size or (8, 8, 8)
         )
+
+    def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
+        scale = self.pyramid.scale(level)
+        blob = self.encode(level, data)
         name = os.path.join(self.level_path(level), self.chunk_name(level, box))
         if self.gzip_files and scale.encoding in GZIP_ENCODINGS:
             write_atomically(name + ".gz", gzip_module.compress(blob, compresslevel=6, mtime=0))
@@ -138,6 +148,35 @@ class PrecomputedStore(ChunkStore):
                 part.relative_to(chunk.start).numpy_slices()
             ]
         return out
+
+
+class _ShardWriter(TaskWriter):
+    """Collects a task's chunks, which make exactly one shard, and writes it whole on close."""
+
+    def __init__(self, store: PrecomputedStore, level: int) -> None:
+        super().__init__(store, level)
+        self.precomputed = store
+        self.codes: list[int] = []
+        self.blobs: list[bytes] = []
+
+    def write_chunk(self, box: Box, data: np.ndarray) -> None:
+        scale = self.precomputed.pyramid.scale(self.level)
+        index = [a // c for a, c in zip(box.start, scale.chunk_size)]
+        self.codes.append(int(compressed_morton_codes(np.array([index]), scale.grid_shape)[0]))
+        blob = self.precomputed.encode(self.level, data)
+        spec = ShardingSpec.from_json(scale.sharding_json or {})
+        self.blobs.append(encode_blob(blob) if spec.data_encoding == "gzip" else blob)
+
+    def close(self) -> None:
+        scale = self.precomputed.pyramid.scale(self.level)
+        spec = ShardingSpec.from_json(scale.sharding_json or {})
+        codes = np.array(self.codes, np.uint64)
+        shards = set(spec.locate(codes)[0].tolist())
+        if len(shards) > 1:
+            raise StoreError(f"a task of level {self.level} spans shards {sorted(shards)}")
+        write_sharded(
+            self.precomputed.level_path(self.level), spec, codes, self.blobs, encoded=True
+        )
 
 
 class ShardReader:
