@@ -208,7 +208,7 @@ def _need_browser() -> None:
     pytest.importorskip("neuroglancer")
 
 
-def _stardist_volume(tmp_path) -> tuple[np.ndarray, str]:
+def _stardist_volume(tmp_path, *options: str) -> tuple[np.ndarray, str]:
     planes = sorted((DATA / "stacks" / "stardist_img3d" / "planes").glob("*.tif"))
     stack = np.stack([tifffile.imread(p) for p in planes])
     dest = str(tmp_path / "vol")
@@ -227,6 +227,7 @@ def _stardist_volume(tmp_path) -> tuple[np.ndarray, str]:
             "1,1,1",
             "--log",
             "WARNING",
+            *options,
         ],
         check=True,
         timeout=120,
@@ -317,9 +318,17 @@ def test_viewer_shows_points_over_the_image(tmp_path):
 
 
 @pytest.mark.slow
-def test_viewer_in_headless_chromium_shows_the_volume(tmp_path):
+@pytest.mark.parametrize(
+    "options",
+    [(), ("--format", "precomputed", "--sharded", "--task-memory", "1M")],
+    ids=["tiff", "sharded"],
+)
+def test_viewer_in_headless_chromium_shows_the_volume(tmp_path, options):
+    """Our tiff volume, and a sharded one (served as files, read by Range requests)."""
     _need_browser()
-    stack, dest = _stardist_volume(tmp_path)
+    stack, dest = _stardist_volume(tmp_path, *options)
+    if options:
+        assert any(name.endswith(".shard") for name in os.listdir(os.path.join(dest, "1_1_1")))
     server = RunningServer("-d", dest, "--viewer", log="WARNING")
     best = 0.0
     z = 15
