@@ -243,3 +243,57 @@ def test_sharded_through_our_server_and_over_http(tmp_path):
             np.testing.assert_array_equal(remote[level][:, :, :], want)
     finally:
         server.stop()
+
+
+# --- CloudVolume, the other common reader and writer ------------------------------------------
+
+CV_CASES = [
+    ("raw", "uint16", False, 0),
+    ("raw", "uint16", False, 100_000),
+    ("compressed_segmentation", "uint32", True, 0),
+    ("jpeg", "uint8", False, 0),
+]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("encoding, dtype, segmentation, sharded_bytes", CV_CASES)
+def test_cloudvolume_reads_our_output(tmp_path, encoding, dtype, segmentation, sharded_bytes):
+    cloudvolume = pytest.importorskip("cloudvolume")
+    stack, dest, levels = _make(tmp_path, encoding, dtype, False, segmentation, sharded_bytes)
+    expected = reference_pyramid(stack, levels, segmentation)
+    for level in range(levels):
+        vol = cloudvolume.CloudVolume("file://" + dest, mip=level, progress=False)
+        got = np.asarray(vol[:, :, :])[..., 0].transpose(2, 1, 0)
+        _close(got, expected[level], encoding)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    "encoding, dtype, compress",
+    [
+        ("raw", "uint16", "gzip"),
+        ("raw", "float32", False),
+        ("compressed_segmentation", "uint64", False),
+    ],
+)
+def test_we_read_what_cloudvolume_wrote(tmp_path, encoding, dtype, compress):
+    cloudvolume = pytest.importorskip("cloudvolume")
+    data = _stack(dtype, encoding == "compressed_segmentation").transpose(2, 1, 0)  # x, y, z
+    info = cloudvolume.CloudVolume.create_new_info(
+        num_channels=1,
+        layer_type="segmentation" if "seg" in encoding else "image",
+        data_type=dtype,
+        encoding=encoding,
+        resolution=[4, 4, 40],
+        voxel_offset=[3, 5, 7],
+        chunk_size=[16, 16, 8],
+        volume_size=list(data.shape),
+    )
+    path = "file://" + str(tmp_path / "cv")
+    vol = cloudvolume.CloudVolume(path, info=info, progress=False, compress=compress)
+    vol.commit_info()
+    vol[3 : 3 + data.shape[0], 5 : 5 + data.shape[1], 7 : 7 + data.shape[2]] = data
+    if compress == "gzip":
+        assert any(n.endswith(".gz") for n in os.listdir(tmp_path / "cv" / "4_4_40"))
+    got = open_volume(str(tmp_path / "cv"))[1][:, :, :]
+    np.testing.assert_array_equal(got, data.transpose(2, 1, 0))
