@@ -204,12 +204,15 @@ def _interrupt_after_progress(args: list[str], dest: str, sig: int) -> subproces
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["tiff", "zarr", "blockfs"])
+@pytest.mark.parametrize(
+    "fmt",
+    ["tiff", "zarr", "blockfs", "precomputed", "precomputed --sharded"],
+)
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "ctrl-c"])
 def test_interrupted_run_resumes_to_identical_bytes(tmp_path, resumable_stack, fmt, sig):
     stack, source = resumable_stack
     reference, dest = str(tmp_path / "run_a"), str(tmp_path / "run_b")
-    common = ["--source", source, "--format", fmt, *SLOW_RUN]
+    common = ["--source", source, "--format", *fmt.split(), *SLOW_RUN]
     assert run_cli(*common, "--dest", reference).returncode == 0
 
     killed = _interrupt_after_progress([*common, "--dest", dest], dest, sig)

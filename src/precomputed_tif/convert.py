@@ -255,16 +255,22 @@ CROWDED_FOLDER = 100_000
 
 def _warn_about_crowded_folders(store: ChunkStore) -> None:
     """File-per-chunk layouts that put more files in one folder than file systems like."""
-    if store.format_name != "tiff":
+    if store.format_name not in ("tiff", "precomputed"):
         return  # zarr spreads chunks over zi/yi folders; blockfs writes a handful of files
+    remedy = (
+        "--sharded stores the same in a few shard files"
+        if store.format_name == "precomputed"
+        else "--format blockfs stores the same in a few large files"
+    )
     for level, scale in enumerate(store.pyramid.scales, start=1):
-        if scale.n_chunks > CROWDED_FOLDER:
+        if scale.n_chunks > CROWDED_FOLDER and scale.sharding is None:
             log.warning(
                 "level %d puts %d chunk files in one folder (file systems slow down past about "
-                "%d); --format blockfs stores the same in a few large files",
+                "%d); %s",
                 level,
                 scale.n_chunks,
                 CROWDED_FOLDER,
+                remedy,
             )
 
 
