@@ -134,12 +134,16 @@ class ChunkStore(ABC):
         data = self.read_chunk(level, box)
         return None if data is None else (hash(data.tobytes()),)
 
+    def read_chunks(self, level: int, boxes: list[Box]) -> list[np.ndarray | None]:
+        """Several chunks; layouts with latency (URLs) fetch them concurrently."""
+        return [self.read_chunk(level, box) for box in boxes]
+
     def read_region(self, level: int, box: Box) -> np.ndarray:
         """Any box of `level` as a (z, y, x) array; unwritten chunks and outside read as zero."""
         scale = self.pyramid.scale(level)
         out = np.zeros(box.numpy_shape, self.pyramid.dtype)
-        for _, chunk in chunks_in(box, scale.chunk_size, scale.size):
-            data = self.read_chunk(level, chunk)
+        chunks = [chunk for _, chunk in chunks_in(box, scale.chunk_size, scale.size)]
+        for chunk, data in zip(chunks, self.read_chunks(level, chunks)):
             if data is None:
                 continue
             part = chunk.intersect(box)

@@ -21,7 +21,7 @@ import numpy as np
 from ..cache import ByteCache
 from ..encodings import decode_chunk, encode_chunk
 from ..errors import StoreError
-from ..geometry import Box, chunks_in
+from ..geometry import Box
 from ..locations import Location, open_location
 from ..sharding import ShardingSpec, compressed_morton_codes, encode_blob, write_sharded
 from .base import ChunkStore, TaskWriter, file_stamp, write_atomically
@@ -130,24 +130,11 @@ class PrecomputedStore(ChunkStore):
             return file_stamp(name) or file_stamp(name + ".gz")
         return super().chunk_stamp(level, box)
 
-    def read_region(self, level: int, box: Box) -> np.ndarray:
-        """Like the base class, but fetching the chunks concurrently (a URL has latency)."""
-        scale = self.pyramid.scale(level)
-        out = np.zeros(box.numpy_shape, self.pyramid.dtype)
-        chunks = [chunk for _, chunk in chunks_in(box, scale.chunk_size, scale.size)]
-        if len(chunks) > 1:
-            with ThreadPoolExecutor(min(READ_THREADS, len(chunks))) as pool:
-                datas = list(pool.map(lambda c: self.read_chunk(level, c), chunks))
-        else:
-            datas = [self.read_chunk(level, c) for c in chunks]
-        for chunk, data in zip(chunks, datas):
-            if data is None:
-                continue
-            part = chunk.intersect(box)
-            out[part.relative_to(box.start).numpy_slices()] = data[
-                part.relative_to(chunk.start).numpy_slices()
-            ]
-        return out
+    def read_chunks(self, level: int, boxes: list[Box]) -> list[np.ndarray | None]:
+        if len(boxes) < 2:
+            return super().read_chunks(level, boxes)
+        with ThreadPoolExecutor(min(READ_THREADS, len(boxes))) as pool:
+            return list(pool.map(lambda box: self.read_chunk(level, box), boxes))
 
 
 class _ShardWriter(TaskWriter):
