@@ -30,6 +30,34 @@ def spec_morton(cell, grid):
     return code
 
 
+def spec_unmorton(code, grid):
+    cell, j = [0] * len(grid), 0
+    for i in range(64):
+        for dim in range(len(grid)):
+            if (1 << i) < grid[dim]:
+                cell[dim] |= ((code >> j) & 1) << i
+                j += 1
+    return tuple(cell)
+
+
+def spec_sharded_keys(folder, sharding):
+    """Every key stored in a sharded index, read from the shard files' minishard tables."""
+    keys = []
+    index_end = 16 << sharding["minishard_bits"]
+    for name in sorted(os.listdir(folder)):
+        content = Path(os.path.join(folder, name)).read_bytes()
+        entries = np.frombuffer(content[:index_end], "<u8").reshape(-1, 2)
+        for start, end in entries:
+            if start == end:
+                continue
+            table = content[index_end + int(start) : index_end + int(end)]
+            if sharding["minishard_index_encoding"] == "gzip":
+                table = gzip.decompress(table)
+            rows = np.frombuffer(table, "<u8").reshape(3, -1).astype(object)
+            keys.extend(int(k) for k in np.cumsum(rows[0]))
+    return keys
+
+
 def spec_sharded_get(folder, sharding, key):
     import mmh3
 
@@ -98,16 +126,19 @@ def read_source(path):
     for level in info["spatial"]:
         grid = level["grid_shape"]
         cells = {}
-        for cell in np.ndindex(*grid):
-            if "sharding" in level:
-                blob = spec_sharded_get(
-                    os.path.join(path, level["key"]), level["sharding"], spec_morton(cell, grid)
-                )
-            else:
-                file = os.path.join(path, level["key"], "_".join(map(str, cell)))
-                blob = Path(file).read_bytes() if os.path.exists(file) else None
-            if blob is None:
-                continue
+        folder = os.path.join(path, level["key"])
+        if "sharding" in level:
+            found = [
+                (spec_unmorton(key, grid), spec_sharded_get(folder, level["sharding"], key))
+                for key in spec_sharded_keys(folder, level["sharding"])
+            ]
+        else:
+            found = [
+                (tuple(int(c) for c in name.split("_")), Path(folder, name).read_bytes())
+                for name in os.listdir(folder)
+            ]
+        for cell, blob in found:
+            assert all(0 <= c < g for c, g in zip(cell, grid))
             count = int(np.frombuffer(blob[:8], "<u8")[0])
             assert len(blob) == 8 + count * size + 8 * count
             records = [blob[8 + i * size : 8 + (i + 1) * size] for i in range(count)]
@@ -413,3 +444,14 @@ def test_api_errors_are_value_errors(tmp_path):
         write_points(np.zeros((3, 2)), str(tmp_path / "x"))
     with pytest.raises(PointsError, match="lowercase"):
         write_points(np.zeros((1, 3)), str(tmp_path / "x"), properties={"Bad": np.zeros(1)})
+
+
+def test_piled_up_and_tightly_clustered_points_terminate(tmp_path):
+    rng = np.random.default_rng(9)
+    piled = np.tile([[10.5, 20.5, 3.5]], (3000, 1))  # more points on one spot than any limit
+    cluster = rng.normal([500, 500, 50], 0.01, (3000, 3))  # a cluster far below a voxel
+    spread = rng.uniform(0, 1000, (3000, 3))
+    points = np.concatenate([piled, cluster, spread])
+    path = str(tmp_path / "p")
+    write_points(points, path, limit=100, sharded=True)
+    check_source(path, points)

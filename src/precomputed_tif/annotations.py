@@ -162,14 +162,18 @@ def write_points(
     rng = np.random.default_rng(seed)
     extent = upper - lower
     voxel_size = np.asarray(voxel_size_um, np.float64)
-    for level, grid in enumerate(_level_shapes(extent, voxel_size)):
+    shapes = _level_shapes(extent, voxel_size)
+    for level, grid in enumerate(shapes):
         if level > 0 and len(remaining) == 0:
             break
         chunk = extent / grid
         linear = _cell_numbers(points, remaining, lower, chunk, grid)
-        counts = np.bincount(linear) if len(linear) else np.zeros(1, np.int64)
+        # counted by sorting, not bincount: deep grids have far more cells than points
+        counts = np.unique(linear, return_counts=True)[1] if len(linear) else np.zeros(1)
         fullest = int(counts.max()) if len(counts) else 0
         probability = 1.0 if fullest <= limit else limit / fullest
+        if level == len(shapes) - 1:
+            probability = 1.0  # the finest level takes what is left (points piled on one spot)
         emit = (
             rng.random(len(remaining)) < probability
             if probability < 1
