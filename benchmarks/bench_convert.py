@@ -4,13 +4,14 @@ optionally, the original precomputed-tif.
 
 usage: bench_convert.py [--x 1024 --y 1024 --z 256] [--workdir DIR] [--stack DIR]
                         [--original VENV_BIN] [--formats tiff,zarr,blockfs] [--repeat 1]
-                        [--levels N] [--n-cores N] [--keep]
+                        [--levels N] [--n-cores N] [--only ROWS] [--keep]
 
 Makes the stack with make_stack.py (cached in the workdir), warms the page cache by reading every
 plane once, then runs each contender as its own subprocess, measuring wall time and the peak RSS
 of its whole process tree (see _measure.py). Prints a table, then one JSON line with every figure.
-The TensorStore and CloudVolume outputs are checked against a numpy reference computed from the
-planes (one level-1 chunk, one level-3 chunk); a mismatch is printed loudly.
+The TensorStore and CloudVolume outputs, and ours in --format precomputed, are checked against a
+numpy reference computed from the planes (one level-1 chunk, one level-3 chunk); a mismatch is
+printed loudly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import shutil
@@ -42,13 +44,23 @@ from _stack import (
     level_sizes,
     list_planes,
     pyramid_bytes,
-    read_raw_chunk,
     reference_chunk,
     stack_shape,
 )
 
 HERE = Path(__file__).resolve().parent
-FORMATS = ("tiff", "zarr", "blockfs")
+FORMATS = ("tiff", "zarr", "blockfs")  # the default --formats
+# every --formats name: our precomputed-tif flags for it
+FORMAT_FLAGS = {
+    "tiff": ["--format", "tiff"],
+    "zarr": ["--format", "zarr"],
+    "blockfs": ["--format", "blockfs"],
+    "precomputed": ["--format", "precomputed"],
+    "precomputed-sharded": ["--format", "precomputed", "--sharded"],
+}
+ORIGINAL_FORMATS = ("tiff", "zarr", "blockfs")  # the original has no --format precomputed
+# the TensorStore row each row's "vs TS" compares with (default: tensorstore)
+TS_PEER = {"ours-precomputed-sharded": "tensorstore-sharded", "tensorstore-sharded": None}
 ROUNDINGS = ("floor", "nearest")
 
 
@@ -144,6 +156,44 @@ def package_version(name: str) -> str | None:
 # the correctness check
 
 
+def read_chunk(root: Path, level: int, start: XYZ, stop: XYZ, dtype: np.dtype) -> np.ndarray | None:
+    """A chunk of a raw-encoded precomputed output as (z, y, x), sharded or not.
+
+    The scale is the level-th one listed in the info (keys differ between writers). Unsharded:
+    the chunk file itself. Sharded: read through TensorStore (which also checks the sharding).
+    """
+    info = json.loads((root / "info").read_text())
+    scale = info["scales"][level - 1]
+    if "sharding" not in scale:
+        name = f"{start[0]}-{stop[0]}_{start[1]}-{stop[1]}_{start[2]}-{stop[2]}"
+        path = root / scale["key"] / name
+        if not path.exists():
+            return None
+        data = np.fromfile(path, dtype=dtype)
+        shape = (stop[2] - start[2], stop[1] - start[1], stop[0] - start[0])
+        if data.size != math.prod(shape):
+            raise ValueError(f"{path}: {data.size} voxels, expected {math.prod(shape)}")
+        return data.reshape(shape)
+    import tensorstore as ts
+
+    store = ts.open(
+        {
+            "driver": "neuroglancer_precomputed",
+            "kvstore": {"driver": "file", "path": str(root)},
+            "scale_index": level - 1,
+        },
+        read=True,
+    ).result()
+    o = store.domain.origin
+    box = store[
+        o[0] + start[0] : o[0] + stop[0],
+        o[1] + start[1] : o[1] + stop[1],
+        o[2] + start[2] : o[2] + stop[2],
+        0,
+    ]
+    return np.ascontiguousarray(box.read().result().T)
+
+
 class Reference:
     """Reference chunks from the planes, computed once per (level, chunk, rounding)."""
 
@@ -171,7 +221,7 @@ class Reference:
         ok = True
         for level, index in self.targets:
             start, stop, _ = self.get(level, index, "floor")
-            got = read_raw_chunk(root, level, start, stop, dtype)
+            got = read_chunk(root, level, start, stop, dtype)
             if got is None:
                 ok = False
                 notes.append(f"L{level}{list(index)}: chunk file missing")
@@ -258,11 +308,16 @@ def main() -> None:
     ap.add_argument("--levels", type=int, default=None, help="default: until one chunk")
     ap.add_argument("--n-cores", type=int, default=None, help="passed to precomputed-tif")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="run only these rows, comma-separated (e.g. tensorstore,ours-precomputed)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
     a = ap.parse_args()
 
     formats = [f.strip() for f in a.formats.split(",") if f.strip()]
-    unknown = set(formats) - set(FORMATS)
+    unknown = set(formats) - set(FORMAT_FLAGS)
     if unknown:
         raise SystemExit(f"unknown formats: {sorted(unknown)}")
     workdir = (a.workdir or Path(tempfile.mkdtemp(prefix="bench_convert_"))).resolve()
@@ -297,6 +352,7 @@ def main() -> None:
             contenders.append(Contender(name, argv, out=out, check=name != "floor"))
 
     recipe("tensorstore", "recipe_tensorstore.py", ("tensorstore",), lv)
+    recipe("tensorstore-sharded", "recipe_tensorstore.py", ("tensorstore",), [*lv, "--sharded"])
     recipe("cloudvolume", "recipe_cloudvolume.py", ("cloudvolume", "tinybrain"), lv)
     recipe("floor", "recipe_floor.py", (), lv)
 
@@ -308,18 +364,29 @@ def main() -> None:
             contenders.append(Contender(name, None, ours_note, fmt=f))
             continue
         out = outroot / name
-        argv = [*ours_cmd, "--source", pattern, "--dest", str(out), "--format", f, *lv, *cores]
-        contenders.append(Contender(name, argv, out=out, fmt=f))
+        flags = FORMAT_FLAGS[f]
+        argv = [*ours_cmd, "--source", pattern, "--dest", str(out), *flags, *lv, *cores]
+        check = f.startswith("precomputed")  # the same files as the peers': check them too
+        contenders.append(Contender(name, argv, out=out, fmt=f, check=check))
     if a.original:
         exe = Path(a.original) / "precomputed-tif"
         for f in formats:
             name = f"original-{f}"
+            if f not in ORIGINAL_FORMATS:
+                continue
             if not exe.exists():
                 contenders.append(Contender(name, None, f"skipped: {exe} not found", fmt=f))
                 continue
             out = outroot / name
             argv = [str(exe), "--source", pattern, "--dest", str(out), "--format", f, *lv, *cores]
             contenders.append(Contender(name, argv, out=out, fmt=f))
+
+    if a.only:
+        only = {r.strip() for r in a.only.split(",") if r.strip()}
+        unknown_rows = only - {c.name for c in contenders}
+        if unknown_rows:
+            raise SystemExit(f"--only: unknown rows {sorted(unknown_rows)} (add --formats?)")
+        contenders = [c for c in contenders if c.name in only]
 
     reference = Reference(planes, size, levels)
     mismatches = []
@@ -363,10 +430,13 @@ def report(
         best = c.best() if c else None
         return best.wall_s if best else None
 
-    ts_wall = wall("tensorstore")
+    def ts_wall(name: str) -> float | None:
+        peer = TS_PEER.get(name, "tensorstore")
+        return wall(peer) if peer and peer != name else None
+
     floor_wall = wall("floor")
     header = (
-        f"{'name':<18}{'wall s':>8}{'peak MiB':>10}{'files':>8}{'out MiB':>9}"
+        f"{'name':<26}{'wall s':>8}{'peak MiB':>10}{'files':>8}{'out MiB':>9}"
         f"{'vs TS':>8}{'vs orig':>9}{'vs floor':>10}  notes"
     )
     print()
@@ -380,13 +450,13 @@ def report(
             if c.argv is not None:
                 reason = f"failed (exit {c.runs[-1].returncode})" if c.runs else "not run"
             print(
-                f"{c.name:<18}{'-':>8}{'-':>10}{'-':>8}{'-':>9}{'-':>8}{'-':>9}{'-':>10}  {reason}"
+                f"{c.name:<26}{'-':>8}{'-':>10}{'-':>8}{'-':>9}{'-':>8}{'-':>9}{'-':>10}  {reason}"
             )
             rows[c.name] = {"status": reason}
             continue
         best = c.runs[best_i]
         detail = c.details[best_i]
-        vs_ts = ratio(best.wall_s, ts_wall) if c.name != "tensorstore" else None
+        vs_ts = ratio(best.wall_s, ts_wall(c.name))
         vs_floor = ratio(best.wall_s, floor_wall) if c.name != "floor" else None
         vs_orig = (
             ratio(best.wall_s, wall(f"original-{c.fmt}")) if c.name.startswith("ours") else None
@@ -399,7 +469,7 @@ def report(
         if c.checks:
             notes.append(c.checks[-1])
         print(
-            f"{c.name:<18}{best.wall_s:>8.2f}{best.peak_rss_mib:>10.0f}{c.files:>8}"
+            f"{c.name:<26}{best.wall_s:>8.2f}{best.peak_rss_mib:>10.0f}{c.files:>8}"
             f"{c.out_bytes / 2**20:>9.1f}{fmt_ratio(vs_ts):>8}{fmt_ratio(vs_orig):>9}"
             f"{fmt_ratio(vs_floor):>10}  {'; '.join(notes)}"
         )
@@ -421,6 +491,7 @@ def report(
     print()
     print(f"precomputed-tif: {ours_note}")
     print("wall = best of the rounds; vs X = wall / wall of X (below 1 is faster than X)")
+    print("vs TS: ours-precomputed-sharded against tensorstore-sharded, others against tensorstore")
     if mismatches:
         print("!!!!! OUTPUT MISMATCHES:")
         for m in mismatches:

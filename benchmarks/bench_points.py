@@ -238,6 +238,7 @@ class Row:
     out_bytes: int = 0
     check: str = ""
     detail: dict[str, Any] | None = None
+    flush_s: float | None = None
 
     def json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -254,6 +255,7 @@ class Row:
                 rss_per_input=round(r.peak_rss_bytes / self.input_bytes, 2),
                 files=self.files,
                 output_mib=round(self.out_bytes / 2**20, 2),
+                flush_s=round(self.flush_s, 2) if self.flush_s is not None else None,
                 check=self.check or None,
                 detail=self.detail or None,
             )
@@ -287,6 +289,9 @@ def run_row(row: Row, argv: list[str], out: Path, timeout_s: float, keep: bool) 
     os.sync()
     print(f"  {row.distribution} {row.n:.0e} {row.name} ...", end=" ", flush=True)
     result = run_measured(argv, timeout_s=timeout_s)
+    t0 = time.perf_counter()
+    os.sync()  # what the writer left for the kernel to write back (not in its wall time)
+    row.flush_s = time.perf_counter() - t0
     row.result = result
     row.detail = last_json(result.stdout)
     timed_out = result.wall_s > timeout_s and not result.ok
@@ -342,6 +347,12 @@ def main() -> None:
         default=1e6,
         help="largest N for our unsharded row with by_id (one file per point)",
     )
+    ap.add_argument(
+        "--rows",
+        default=None,
+        help="run only these rows, comma-separated (ours-sharded, ours-unsharded, "
+        "ours-unsharded-by-id, neuroglancer)",
+    )
     ap.add_argument("--ours", default=None, help="our precomputed-write-points executable")
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
     a = ap.parse_args()
@@ -390,6 +401,9 @@ def main() -> None:
                 plan.append(("neuroglancer", f"not run (same work as for {dists[0]})"))
             else:
                 plan.append(("neuroglancer", recipe))
+            if a.rows:
+                keep = {r.strip() for r in a.rows.split(",")}
+                plan = [(name, what) for name, what in plan if name in keep]
             for name, what in plan:
                 row = Row(dist, n, name, input_bytes)
                 rows.append(row)
@@ -415,14 +429,14 @@ def report(
         return None
 
     def ng_wall(dist: str, n: int) -> float | None:
-        r = find(dist, n, "neuroglancer") or find(dists[0], n, "neuroglancer")
-        if r is None or r.result is None or not r.result.ok:
-            return None
-        return r.result.wall_s
+        for r in (find(dist, n, "neuroglancer"), find(dists[0], n, "neuroglancer")):
+            if r is not None and r.result is not None and r.result.ok:
+                return r.result.wall_s
+        return None
 
     header = (
         f"{'distribution':<11}{'points':>7} {'row':<21}{'wall s':>8}{'peak MiB':>10}"
-        f"{'RSS/in':>8}{'files':>9}{'out MiB':>9}{'vs NG':>8}  check / notes"
+        f"{'RSS/in':>8}{'files':>9}{'out MiB':>9}{'flush s':>8}{'vs NG':>8}  check / notes"
     )
     print()
     print(header)
@@ -431,14 +445,14 @@ def report(
         label = f"{r.distribution:<11}{r.n:>7.0e} {r.name:<21}"
         res = r.result
         if res is None or (not res.ok and r.status.startswith("failed")):
-            print(f"{label}{'-':>8}{'-':>10}{'-':>8}{'-':>9}{'-':>9}{'-':>8}  {r.status}")
+            print(f"{label}{'-':>8}{'-':>10}{'-':>8}{'-':>9}{'-':>9}{'-':>8}{'-':>8}  {r.status}")
             continue
         if not res.ok:  # timed out: what it reached
             reached = "" if not r.detail else f"; added {r.detail.get('points')} points"
             print(
                 f"{label}{'>' + format(res.wall_s, '.0f'):>8}{res.peak_rss_mib:>10.0f}"
                 f"{res.peak_rss_bytes / r.input_bytes:>8.2f}{r.files:>9}"
-                f"{r.out_bytes / 2**20:>9.1f}{'-':>8}  {r.status}{reached}"
+                f"{r.out_bytes / 2**20:>9.1f}{r.flush_s or 0:>8.1f}{'-':>8}  {r.status}{reached}"
             )
             continue
         ng = ng_wall(r.distribution, r.n) if r.name != "neuroglancer" else None
@@ -449,11 +463,12 @@ def report(
         print(
             f"{label}{res.wall_s:>8.2f}{res.peak_rss_mib:>10.0f}"
             f"{res.peak_rss_bytes / r.input_bytes:>8.2f}{r.files:>9}"
-            f"{r.out_bytes / 2**20:>9.1f}{vs:>8}  {notes}"
+            f"{r.out_bytes / 2**20:>9.1f}{r.flush_s or 0:>8.1f}{vs:>8}  {notes}"
         )
     print()
     print("RSS/in = peak RSS of the process tree / size of the N x 3 float64 input array")
     print("vs NG = wall / wall of the neuroglancer writer on the same points (below 1 is faster)")
+    print("flush s = os.sync() right after the run: write-back the writer left to the kernel")
 
     targets = []
     print()
