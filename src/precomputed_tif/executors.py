@@ -38,3 +38,51 @@ def process_pool(n_workers: int) -> ProcessPoolExecutor:
     else:
         context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(max_workers=n_workers, mp_context=context)
+
+
+class DaskExecutor:
+    """A Dask cluster's executor (existing scheduler, or a local cluster), closed on exit.
+
+    Tasks and results are the same small records as with a process pool: workers read planes
+    and write chunks to storage they share with the client.
+    """
+
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        n_workers: int | None = None,
+        memory_per_worker: int | None = None,
+    ) -> None:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as exc:
+            from .errors import PlanError
+
+            raise PlanError(
+                "Dask options need the distributed package: pip install 'precomputed-tif[dask]'"
+            ) from exc
+        self.cluster = None
+        if scheduler is None:
+            self.cluster = LocalCluster(
+                n_workers=n_workers or 1,
+                threads_per_worker=1,
+                processes=True,
+                memory_limit=memory_per_worker or "auto",
+                dashboard_address=None,
+            )
+            self.client = Client(self.cluster)
+        else:
+            self.client = Client(scheduler)
+        self.executor = self.client.get_executor(pure=False)
+
+    @property
+    def n_workers(self) -> int:
+        return max(1, sum(self.client.nthreads().values()))
+
+    def __enter__(self) -> Executor:
+        return self.executor
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

@@ -95,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the stack holds labels: mark it a segmentation and downsample by "
         "the most frequent label",
     )
+    dask = parser.add_mutually_exclusive_group()
+    dask.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="run the tasks on this Dask cluster (workers must see --source and --dest); "
+        "--memory is then the budget of each worker",
+    )
+    dask.add_argument(
+        "--dask-workers",
+        type=int,
+        metavar="N",
+        help="start a local Dask cluster of N worker processes instead of a process pool",
+    )
     parser.add_argument(
         "--resume", action="store_true", help="finish an interrupted conversion into --dest"
     )
@@ -182,10 +195,29 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         from .. import convert, create_store, open_source, plan_pyramid
+        from ..convert import Budget
         from ..errors import PlanError
         from ..executors import process_pool
 
-        budget = _budget(args)
+        dask = None
+        if args.dask_scheduler or args.dask_workers:
+            from ..executors import DaskExecutor
+
+            for name in ("distributed", "bokeh", "tornado"):  # their start-up chatter
+                logging.getLogger(name).setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+
+            per_worker = args.memory
+            if per_worker is not None and args.dask_workers:
+                per_worker = per_worker // args.dask_workers
+            dask = DaskExecutor(args.dask_scheduler, args.dask_workers, per_worker)
+            memory = per_worker if per_worker is not None else _default_memory()
+            args.n_cores = dask.n_workers
+            task_bytes = min(max(memory - WORKER_OVERHEAD, 16 * 2**20), DEFAULT_TASK_BYTES)
+            if args.task_memory is not None:
+                task_bytes = min(task_bytes, args.task_memory)
+            budget = Budget(n_workers=dask.n_workers, task_bytes=task_bytes)
+        else:
+            budget = _budget(args)
         source = open_source(args.source)
         voxel_size_nm = tuple(int(float(v) * 1000) for v in args.voxel_size)
         pyramid = plan_pyramid(
@@ -217,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         store = create_store(args.format, os.path.abspath(args.dest), pyramid, gzip_files=args.gzip)
         bars = _Bars(enabled=sys.stderr.isatty() and log.getEffectiveLevel() <= logging.INFO)
         try:
-            with _logging_beside(bars), process_pool(budget.n_workers) as executor:
+            pool = dask if dask is not None else process_pool(budget.n_workers)
+            with _logging_beside(bars), pool as executor:
                 convert(
                     source,
                     store,
