@@ -260,3 +260,25 @@ def test_disk_full_is_one_line_and_resumable(tmp_path, resumable_stack):
         assert_every_chunk_equal(dest, reference_pyramid(stack, 4))
     finally:
         subprocess.run(["umount", "-l", disk], capture_output=True)
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, small_stack):
+    _, source = small_stack
+    dest = tmp_path / "never"
+    result = run_cli(
+        "--source",
+        source,
+        "--dest",
+        str(dest),
+        "--chunk-size",
+        "8,8,8",
+        "--format",
+        "precomputed",
+        "--sharded",
+        "--dry-run",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tasks of" in result.stdout and "MiB each" in result.stdout
+    assert "level 1 (1_1_1): 30x20x9 voxels, 24 chunks in 1 files" in result.stdout
+    assert "in all:" in result.stdout
+    assert not dest.exists()

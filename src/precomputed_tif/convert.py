@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import StoreExistsError
-from .plan import Stage, Task, count_tasks, plan_stages, stage_tasks, task_bytes
+from .plan import Stage, Task, describe_plan, plan_stages, stage_tasks
 from .pyramid import Pyramid
 from .run import TaskResult, run_task
 from .sources import PlaneSource
@@ -231,15 +231,8 @@ def convert(
     run = prepare_destination(store.path, wanted, resume=resume, overwrite=overwrite)
     stages = tuple(_stage_from_json(s) for s in run["stages"])
     _warn_about_crowded_folders(store)
-    for stage in stages:
-        log.info(
-            "levels %d-%d: %d tasks of %s voxels, about %.1f MiB each",
-            stage.first,
-            stage.last,
-            count_tasks(pyramid, stage),
-            "x".join(map(str, stage.region)),
-            task_bytes(pyramid, stage.first, stage.region, source.read_overhead_bytes) / 2**20,
-        )
+    for line in describe_plan(pyramid, stages, store.format_name, source.read_overhead_bytes):
+        log.info("%s", line)
     for stage in stages:
         started = time.perf_counter()
         _run_stage(source, store, stage, executor, budget.n_workers, progress)

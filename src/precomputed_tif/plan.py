@@ -158,3 +158,58 @@ def stage_tasks(
         else:
             tasks.append(Task(index, stage, box, store, None))
     return tasks
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """What one level will hold on disk."""
+
+    level: int
+    key: str
+    size: XYZ
+    chunks: int
+    files: int
+    raw_bytes: int
+
+
+def level_plans(pyramid: Pyramid, format_name: str) -> list[LevelPlan]:
+    """Chunks, files and uncompressed bytes of every level (no pixel is read)."""
+    from .sharding import ShardingSpec
+
+    plans = []
+    for level, scale in enumerate(pyramid.scales, start=1):
+        sx, sy, sz = scale.size
+        raw = sx * sy * sz * pyramid.dtype.itemsize
+        if format_name == "blockfs":
+            files = 2
+        elif scale.sharding is not None:
+            spec = ShardingSpec.from_json(scale.sharding_json or {})
+            files = min(scale.n_chunks, 2**spec.shard_bits)
+        else:
+            files = scale.n_chunks
+        plans.append(LevelPlan(level, scale.key, scale.size, scale.n_chunks, files, raw))
+    return plans
+
+
+def describe_plan(
+    pyramid: Pyramid, stages: tuple[Stage, ...], format_name: str, read_overhead: int = 0
+) -> list[str]:
+    """The plan as lines a person reads before a long run starts."""
+    lines = []
+    for stage in stages:
+        lines.append(
+            f"levels {stage.first}-{stage.last}: {count_tasks(pyramid, stage)} tasks of "
+            f"{'x'.join(map(str, stage.region))} voxels, about "
+            f"{task_bytes(pyramid, stage.first, stage.region, read_overhead) / 2**20:.1f} MiB each"
+        )
+    total_files = 0
+    total_bytes = 0
+    for plan in level_plans(pyramid, format_name):
+        total_files += plan.files
+        total_bytes += plan.raw_bytes
+        lines.append(
+            f"level {plan.level} ({plan.key}): {'x'.join(map(str, plan.size))} voxels, "
+            f"{plan.chunks} chunks in {plan.files} files, {plan.raw_bytes / 2**30:.2f} GiB raw"
+        )
+    lines.append(f"in all: {total_files} files, {total_bytes / 2**30:.2f} GiB before compression")
+    return lines

@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="finish an interrupted conversion into --dest"
     )
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (tasks, memory per task, files, output size) and stop; reads only "
+        "the planes' headers and writes nothing",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace a different volume already in --dest"
     )
     add_log_argument(parser)
@@ -247,6 +253,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.sharded:
             pyramid = pyramid.sharded(budget.task_bytes)
         store = create_store(args.format, os.path.abspath(args.dest), pyramid, gzip_files=args.gzip)
+        if args.dry_run:
+            from ..plan import describe_plan, plan_stages
+
+            stages = plan_stages(
+                pyramid,
+                task_budget_bytes=budget.task_bytes,
+                n_workers=budget.n_workers,
+                read_overhead=source.read_overhead_bytes,
+            )
+            print(
+                f"{budget.n_workers} workers, tasks of at most {budget.task_bytes / 2**20:.0f} MiB"
+            )
+            for line in describe_plan(pyramid, stages, args.format, source.read_overhead_bytes):
+                print(line)
+            if dask is not None:
+                dask.__exit__(None, None, None)
+            return 0
         bars = _Bars(enabled=sys.stderr.isatty() and log.getEffectiveLevel() <= logging.INFO)
         try:
             pool = dask if dask is not None else process_pool(budget.n_workers)
