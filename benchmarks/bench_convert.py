@@ -57,6 +57,8 @@ FORMAT_FLAGS = {
     "blockfs": ["--format", "blockfs"],
     "precomputed": ["--format", "precomputed"],
     "precomputed-sharded": ["--format", "precomputed", "--sharded"],
+    # the same tasks on a local Dask cluster of 2 worker processes (its overhead vs the pool)
+    "blockfs-dask2": ["--format", "blockfs", "--dask-workers", "2"],
 }
 ORIGINAL_FORMATS = ("tiff", "zarr", "blockfs")  # the original has no --format precomputed
 # the TensorStore row each row's "vs TS" compares with (default: tensorstore)
