@@ -8,6 +8,7 @@ of the process and all of its descendants (worker processes included), keeping t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import tempfile
@@ -15,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -131,3 +133,17 @@ def tree_size(root: str | os.PathLike[str]) -> tuple[int, int]:
             files += 1
             total += st.st_size
     return files, total
+
+
+def last_json(text: str) -> dict[str, Any]:
+    """The last line of `text` that is a JSON object (a recipe's summary), or {}."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return {}

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 # isort: split
-from _measure import RunResult, run_measured, tree_size
+from _measure import RunResult, last_json, run_measured, tree_size
 from _stack import (
     CHUNK,
     XYZ,
@@ -273,19 +273,6 @@ def run_one(c: Contender, timeout_s: float, cwd: Path) -> RunResult:
         for line in tail:
             print(f"    | {line}", flush=True)
     return result
-
-
-def last_json(text: str) -> dict[str, Any]:
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return value
-    return {}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

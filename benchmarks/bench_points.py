@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 # isort: split
-from _measure import RunResult, run_measured, tree_size
+from _measure import RunResult, last_json, run_measured, tree_size
 
 HERE = Path(__file__).resolve().parent
 BOX = (20000.0, 20000.0, 5000.0)  # x, y, z in voxels
@@ -269,18 +269,6 @@ def remove(path: Path) -> None:
     staging = path.with_name(path.name + ".writing")
     if staging.exists():
         subprocess.run(["rm", "-rf", "--", str(staging)], check=False)
-
-
-def last_json(text: str) -> dict[str, Any]:
-    for line in reversed(text.strip().splitlines()):
-        if line.strip().startswith("{"):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return value
-    return {}
 
 
 def run_row(row: Row, argv: list[str], out: Path, timeout_s: float, keep: bool) -> None:

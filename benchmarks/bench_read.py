@@ -37,7 +37,7 @@ import numpy as np
 import psutil
 
 # isort: split
-from _measure import RunResult, run_measured
+from _measure import RunResult, last_json, run_measured
 from _stack import list_planes, read_region, stack_shape
 
 HERE = Path(__file__).resolve().parent
@@ -127,16 +127,6 @@ def webserver(volume: Path):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def last_json(text: str) -> dict[str, Any]:
-    for line in reversed(text.strip().splitlines()):
-        if line.strip().startswith("{"):
-            with contextlib.suppress(ValueError):
-                value = json.loads(line)
-                if isinstance(value, dict):
-                    return value
-    return {}
 
 
 def run_row(row: Row, source: str, level: int, box: list[int], timeout: float) -> None:

@@ -122,13 +122,3 @@ def chunks_in(box: Box, chunk_size: XYZ, size: XYZ) -> Iterator[tuple[XYZ, Box]]
     for gz, gy, gx in itertools.product(ranges[2], ranges[1], ranges[0]):
         index = (gx, gy, gz)
         yield index, chunk_box(index, chunk_size, size)
-
-
-def is_chunk_aligned(box: Box, chunk_size: XYZ, size: XYZ) -> bool:
-    """True when `box` is exactly one chunk of the grid (edges clipped to `size`)."""
-    index = tuple(a // c for a, c in zip(box.start, chunk_size))
-    if any(a % c for a, c in zip(box.start, chunk_size)):
-        return False
-    if any(a >= s for a, s in zip(box.start, size)):
-        return False
-    return chunk_box(index, chunk_size, size) == box  # type: ignore[arg-type]

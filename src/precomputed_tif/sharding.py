@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,50 +248,6 @@ def _shard_bytes(
         position += len(encoded)
         tables.append(encoded)
     return index.tobytes() + data + b"".join(tables)
-
-
-def read_sharded(
-    folder: str,
-    spec: ShardingSpec,
-    key: int,
-    read: Callable[[str, int, int], bytes | None] | None = None,
-) -> bytes | None:
-    """The blob stored under `key`, or None. `read(path, offset, size)` fetches bytes."""
-    fetch = read or _read_file_range
-    shard, minishard = (int(v[0]) for v in spec.locate(np.array([key], np.uint64)))
-    path = os.path.join(folder, spec.shard_name(shard))
-    entry = fetch(path, 16 * minishard, 16)
-    if entry is None or len(entry) < 16:
-        return None
-    start, end = (int(v) for v in np.frombuffer(entry, "<u8"))
-    if start == end:
-        return None
-    table = fetch(path, spec.index_bytes + start, end - start)
-    if table is None:
-        return None
-    if spec.minishard_index_encoding == "gzip":
-        table = gzip.decompress(table)
-    rows = np.frombuffer(table, "<u8").reshape(3, -1)
-    keys = np.cumsum(rows[0])
-    found = np.flatnonzero(keys == np.uint64(key))
-    if len(found) == 0:
-        return None
-    i = int(found[0])
-    ends_before = np.concatenate([[0], np.cumsum(rows[2])[:-1]]).astype(np.uint64)
-    starts = np.cumsum(rows[1]) + ends_before
-    blob = fetch(path, spec.index_bytes + int(starts[i]), int(rows[2][i]))
-    if blob is None:
-        return None
-    return gzip.decompress(blob) if spec.data_encoding == "gzip" else blob
-
-
-def _read_file_range(path: str, offset: int, size: int) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(size)
-    except FileNotFoundError:
-        return None
 
 
 def morton_bits(grid_shape: Sequence[int]) -> list[int]:

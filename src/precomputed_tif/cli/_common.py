@@ -40,6 +40,15 @@ def parse_xyz(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
+def add_voxel_size_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--voxel-size",
+        default="1.8,1.8,2.0",
+        type=parse_xyz(float),
+        help="voxel size in microns, x,y,z (default 1.8,1.8,2.0)",
+    )
+
+
 def add_log_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log",

@@ -9,7 +9,14 @@ import os
 import sys
 from typing import Any
 
-from ._common import add_log_argument, parse_size, parse_xyz, run_command, setup_logging
+from ._common import (
+    add_log_argument,
+    add_voxel_size_argument,
+    parse_size,
+    parse_xyz,
+    run_command,
+    setup_logging,
+)
 
 log = logging.getLogger("precomputed_tif")
 
@@ -59,12 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="gzip raw and compressed_segmentation chunk files (--format precomputed)",
     )
-    parser.add_argument(
-        "--voxel-size",
-        default="1.8,1.8,2.0",
-        type=parse_xyz(float),
-        help="voxel size in microns, x,y,z (default 1.8,1.8,2.0)",
-    )
+    add_voxel_size_argument(parser)
     parser.add_argument(
         "--chunk-size",
         default="64,64,64",

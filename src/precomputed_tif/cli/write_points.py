@@ -6,7 +6,12 @@ import argparse
 import logging
 import sys
 
-from ._common import add_log_argument, parse_xyz, run_command, setup_logging
+from ._common import (
+    add_log_argument,
+    add_voxel_size_argument,
+    run_command,
+    setup_logging,
+)
 
 log = logging.getLogger("precomputed_tif")
 
@@ -25,12 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-directory", required=True, help="the folder to write the annotation source to"
     )
-    parser.add_argument(
-        "--voxel-size",
-        default="1.8,1.8,2.0",
-        type=parse_xyz(float),
-        help="voxel size in microns, x,y,z (default 1.8,1.8,2.0)",
-    )
+    add_voxel_size_argument(parser)
     parser.add_argument(
         "--lower-bound", type=_bound, default=None, help="x,y,z in voxels (default: from points)"
     )

@@ -21,7 +21,7 @@ from ..pyramid import Pyramid
 from ..stores import ChunkStore, create_store
 from ..stores.base import INFO_NAME, file_stamp
 from .config import Source
-from .http import JSON, OCTETS, FileRegion, HttpError, Response, etag_for
+from .http import JSON, OCTETS, FileRegion, HttpError, Response, etag_for, http_date
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,6 @@ def _static_file(path: str, content_type: str | None = None) -> Response:
         {
             "Content-Type": content_type,
             "ETag": etag_for(stat.st_mtime_ns, stat.st_size, stat.st_ino),
-            "Last-Modified": _http_date(stat.st_mtime),
+            "Last-Modified": http_date(stat.st_mtime),
         },
     )
-
-
-def _http_date(seconds: float) -> str:
-    from .http import http_date
-
-    return http_date(seconds)
