@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from .errors import PrecomputedTifError, SourceError, StoreExistsError
+from .locations import write_atomically
 from .sharding import choose_sharding, compressed_morton_codes, encode_blob, write_sharded
-from .stores.base import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ uninterrupted run. The driver never touches voxels: it sends task records and re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import StoreExistsError
+from .locations import LocalLocation, WritableLocation
 from .plan import Stage, Task, describe_plan, plan_stages, stage_tasks
 from .pyramid import Pyramid
 from .run import TaskResult, run_task
 from .sources import PlaneSource
 from .stores import ChunkStore
-from .stores.base import INFO_NAME, STATE_DIR, write_atomically
+from .stores.base import INFO_NAME, STATE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +57,22 @@ def source_fingerprint(source: PlaneSource) -> str:
     return digest.hexdigest()
 
 
-def _state_path(dest: str, name: str) -> str:
-    return os.path.join(dest, STATE_DIR, name)
+def _state_name(name: str) -> str:
+    return f"{STATE_DIR}/{name}"
 
 
-def _read_run(dest: str) -> dict[str, Any] | None:
+def _read_run(root: WritableLocation) -> dict[str, Any] | None:
     try:
-        with open(_state_path(dest, RUN_FILE), "rb") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
+        content = root.read(_state_name(RUN_FILE))
+    except OSError:
         return {}
+    if content is None:
+        return None
+    try:
+        run = json.loads(content)
+    except ValueError:
+        return {}
+    return run if isinstance(run, dict) else {}
 
 
 def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -82,48 +87,43 @@ def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "its levels, sizes, chunk size or voxel size differ"
 
 
-def _clear_destination(dest: str) -> None:
+def _clear_destination(root: WritableLocation, dest: str) -> None:
     """Remove a previous volume, refusing when the folder holds anything else."""
-    run = _read_run(dest)
+    run = _read_run(root)
     known = {INFO_NAME, STATE_DIR, ".zgroup"}
     if run and "info" in run:
         known |= {s["key"] for s in run["info"]["scales"]}
-    elif os.path.exists(os.path.join(dest, INFO_NAME)):
-        try:
-            with open(os.path.join(dest, INFO_NAME), "rb") as f:
-                known |= {s["key"] for s in json.loads(f.read())["scales"]}
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    foreign = sorted(set(os.listdir(dest)) - known)
+    else:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            known |= {s["key"] for s in json.loads(root.read(INFO_NAME) or b"")["scales"]}
+    names = root.names()
+    foreign = sorted(set(names) - known)
     if foreign:
         raise StoreExistsError(
             f"--dest {dest!r} holds files that are not part of a volume ({', '.join(foreign[:3])}"
             f"{', ...' if len(foreign) > 3 else ''}); refusing to overwrite: choose an empty folder"
         )
-    for name in os.listdir(dest):
-        path = os.path.join(dest, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+    for name in names:
+        root.remove(name)
 
 
 def prepare_destination(
-    dest: str, wanted: dict[str, Any], *, resume: bool, overwrite: bool
+    root: WritableLocation, wanted: dict[str, Any], *, resume: bool, overwrite: bool
 ) -> dict[str, Any]:
-    """Check `dest` against the run we want; returns the run record to follow (maybe resumed)."""
-    if os.path.isdir(dest) and os.listdir(dest):
-        run = _read_run(dest)
+    """Check `root` against the run we want; returns the run record to follow (maybe resumed)."""
+    dest = root.url
+    if root.names():
+        run = _read_run(root)
         same = (
             run is not None
             and run.get("version") == STATE_VERSION
             and all(run.get(k) == wanted[k] for k in ("format", "source", "info"))
         )
         if overwrite:
-            _clear_destination(dest)
+            _clear_destination(root, dest)
         elif same and resume:
             assert run is not None
-            log.info("resuming the conversion recorded in %s", _state_path(dest, RUN_FILE))
+            log.info("resuming the conversion recorded in %s/%s", dest, _state_name(RUN_FILE))
             return run
         elif same:
             assert run is not None
@@ -139,13 +139,12 @@ def prepare_destination(
                 "choose another folder or add --overwrite to replace it"
             )
         else:
-            what = "a volume" if os.path.exists(os.path.join(dest, INFO_NAME)) else "files"
+            what = "a volume" if root.stamp(INFO_NAME) is not None else "files"
             raise StoreExistsError(
                 f"--dest {dest!r} already holds {what} not made by this tool's current run; "
                 "choose an empty folder or add --overwrite to replace it"
             )
-    os.makedirs(os.path.join(dest, STATE_DIR), exist_ok=True)
-    write_atomically(_state_path(dest, RUN_FILE), json.dumps(wanted, indent=1).encode())
+    root.write(_state_name(RUN_FILE), json.dumps(wanted, indent=1).encode())
     return wanted
 
 
@@ -158,29 +157,37 @@ def _stage_from_json(obj: dict[str, Any]) -> Stage:
     return Stage(int(obj["first"]), int(obj["last"]), (int(x), int(y), int(z)))
 
 
-def _done_tasks(dest: str, stage: Stage) -> set[int]:
-    try:
-        with open(
-            _state_path(dest, f"done-{stage.first}"), encoding="ascii", errors="replace"
-        ) as f:
-            return {int(line) for line in f.read().split("\n") if line.strip().isdigit()}
-    except FileNotFoundError:
-        return set()
-
-
 class _DoneLog:
-    """Append-only list of finished tasks of a stage; a torn last line is ignored on resume."""
+    """Which tasks of a stage are finished, kept beside the volume so any machine can resume.
 
-    def __init__(self, dest: str, stage: Stage) -> None:
-        self.file = open(_state_path(dest, f"done-{stage.first}"), "a", encoding="ascii")
+    In a folder it is one append-only file (a torn last line is ignored on resume); object
+    stores cannot append, so there every finished task leaves an empty marker object.
+    """
+
+    def __init__(self, root: WritableLocation, stage: Stage) -> None:
+        self.root = root
+        self.name = _state_name(f"done-{stage.first}")
+        self.file = None
+        if isinstance(root, LocalLocation):
+            self.file = open(os.path.join(root.path, *self.name.split("/")), "a", encoding="ascii")
+
+    def read(self) -> set[int]:
+        if self.file is None:
+            return {int(name) for name in self.root.names(self.name) if name.isdigit()}
+        content = (self.root.read(self.name) or b"").decode("ascii", errors="replace")
+        return {int(line) for line in content.split("\n") if line.strip().isdigit()}
 
     def add(self, index: int) -> None:
+        if self.file is None:
+            self.root.write(f"{self.name}/{index}", b"")
+            return
         self.file.write(f"\n{index}\n")
         self.file.flush()
 
     def close(self) -> None:
-        os.fsync(self.file.fileno())
-        self.file.close()
+        if self.file is not None:
+            os.fsync(self.file.fileno())
+            self.file.close()
 
 
 def _run_in_order(executor: Executor, tasks: list[Task], window: int) -> Iterator[TaskResult]:
@@ -228,7 +235,7 @@ def convert(
         read_overhead=source.read_overhead_bytes,
     )
     wanted["stages"] = [_stage_to_json(s) for s in stages]
-    run = prepare_destination(store.path, wanted, resume=resume, overwrite=overwrite)
+    run = prepare_destination(store.files, wanted, resume=resume, overwrite=overwrite)
     stages = tuple(_stage_from_json(s) for s in run["stages"])
     _warn_about_crowded_folders(store)
     for line in describe_plan(pyramid, stages, store.format_name, source.read_overhead_bytes):
@@ -240,7 +247,7 @@ def convert(
         log.info("levels %d-%d done in %.1f s", stage.first, stage.last, elapsed)
     store.write_info()
     run["complete"] = True
-    write_atomically(_state_path(store.path, RUN_FILE), json.dumps(run, indent=1).encode())
+    store.files.write(_state_name(RUN_FILE), json.dumps(run, indent=1).encode())
 
 
 CROWDED_FOLDER = 100_000
@@ -277,7 +284,8 @@ def _run_stage(
 ) -> None:
     pyramid = store.pyramid
     tasks = stage_tasks(pyramid, stage, store, source)
-    done = _done_tasks(store.path, stage)
+    done_log = _DoneLog(store.files, stage)
+    done = done_log.read()
     for level in stage.levels:
         store.prepare_level(level)
     finished: dict[int, TaskResult | None] = {i: None for i in done}
@@ -300,7 +308,6 @@ def _run_stage(
             )
             progress(level, already, sx * sy * sz)
     commit_ready()
-    done_log = _DoneLog(store.path, stage)
     try:
         todo = [t for t in tasks if t.index not in done]
         for result in _run_in_order(executor, todo, window=2 * n_workers + 1):

@@ -1,20 +1,64 @@
-"""Where a volume's files are: a local folder, ``file://`` or ``http(s)://``; bytes in, bytes out.
+"""Where a volume's files are: a local folder, ``file://``, ``http(s)://`` or any fsspec URL
+(``s3://``, ``gs://``, ...); bytes in, bytes out, by names relative to the volume's root.
 
 Reads return None for a missing file (HTTP 404/403, as Neuroglancer treats them), so callers can
 tell "never written" from a failure. HTTP keeps one keep-alive connection per thread and host;
-``name.gz`` files are tried after ``name`` for local folders written with gzip.
+``name.gz`` files are tried after ``name`` for local folders written with gzip. Folders and
+object stores can also be written: every write replaces a whole file at once (a temporary file
+renamed into place, or one PUT), so readers never see half a chunk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import http.client
 import os
+import shutil
+import tempfile
 import threading
 import urllib.parse
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import StoreError
+
+LOCAL_SCHEMES = ("", "file")
+HTTP_SCHEMES = ("http", "https")
+
+
+def url_scheme(url: str) -> str:
+    """``s3`` for ``s3://bucket/key``; ``""`` for a plain path."""
+    scheme, sep, _ = url.removeprefix("precomputed://").partition("://")
+    return scheme.lower() if sep and scheme.isalnum() else ""
+
+
+def is_remote(url: str) -> bool:
+    """Whether `url` names an object store or web server rather than a local folder."""
+    return url_scheme(url) not in LOCAL_SCHEMES
+
+
+def write_atomically(path: str, data: bytes | memoryview) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def file_stamp(path: str) -> tuple[int, int] | None:
+    """(modification time in ns, size) of a file, or None when it does not exist."""
+    try:
+        stat = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
 
 
 class Location(Protocol):
@@ -27,13 +71,58 @@ class Location(Protocol):
     def child(self, name: str) -> Location: ...
 
 
+class WritableLocation(Location, Protocol):
+    """A location that can also be written: a local folder or an object store."""
+
+    def write(self, name: str, data: bytes | memoryview) -> None: ...
+
+    def stamp(self, name: str) -> tuple[int, int] | None:
+        """(a number that changes when the file does, size), or None when it is missing."""
+        ...
+
+    def names(self, name: str = "") -> list[str]:
+        """The entries directly under folder `name` (empty when there is none)."""
+        ...
+
+    def remove(self, name: str) -> None:
+        """Delete a file or a whole folder."""
+        ...
+
+    def child(self, name: str) -> WritableLocation: ...
+
+
 class LocalLocation:
     def __init__(self, path: str) -> None:
         self.path = path
         self.url = path
 
     def _file(self, name: str) -> str:
-        return os.path.join(self.path, *name.split("/"))
+        return os.path.join(self.path, *name.split("/")) if name else self.path
+
+    def write(self, name: str, data: bytes | memoryview) -> None:
+        path = self._file(name)
+        try:
+            write_atomically(path, data)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_atomically(path, data)
+
+    def stamp(self, name: str) -> tuple[int, int] | None:
+        return file_stamp(self._file(name))
+
+    def names(self, name: str = "") -> list[str]:
+        try:
+            return os.listdir(self._file(name))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def remove(self, name: str) -> None:
+        path = self._file(name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def read(self, name: str) -> bytes | None:
         path = self._file(name)
@@ -145,12 +234,114 @@ class HttpLocation:
         return child
 
 
+class FsspecLocation:
+    """An object store (or any fsspec file system) under one prefix.
+
+    Credentials and endpoints come from the usual places (``AWS_*`` variables, ``~/.aws``,
+    ``GOOGLE_APPLICATION_CREDENTIALS``, fsspec's ``FSSPEC_<PROTOCOL>_<OPTION>`` variables), so
+    workers on other machines find them the same way.
+    """
+
+    def __init__(self, url: str, fs: Any = None, root: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        if fs is None:
+            try:
+                import fsspec
+
+                fs, root = fsspec.core.url_to_fs(self.url)
+            except ImportError as exc:
+                raise StoreError(
+                    f"{url!r} needs fsspec and the package for its scheme (s3fs for s3://, "
+                    "gcsfs for gs://): pip install 'precomputed-tif[s3]'"
+                ) from exc
+            except ValueError as exc:
+                raise StoreError(f"cannot open {url!r}: {exc}") from exc
+        self.fs = fs
+        self.root = str(root).rstrip("/")
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{name}" if name else self.root
+
+    def _fail(self, what: str, name: str, exc: Exception) -> StoreError:
+        return StoreError(f"cannot {what} {self.url}/{name}: {exc}")
+
+    def read(self, name: str) -> bytes | None:
+        try:
+            return bytes(self.fs.cat_file(self._path(name)))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise self._fail("read", name, exc) from exc
+
+    def read_range(self, name: str, offset: int, size: int) -> bytes | None:
+        if size <= 0:
+            return b""
+        try:
+            return bytes(self.fs.cat_file(self._path(name), start=offset, end=offset + size))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise self._fail("read", name, exc) from exc
+
+    def write(self, name: str, data: bytes | memoryview) -> None:
+        try:
+            self.fs.pipe_file(self._path(name), bytes(data))
+        except (OSError, ValueError) as exc:
+            raise self._fail("write", name, exc) from exc
+
+    def stamp(self, name: str) -> tuple[int, int] | None:
+        try:
+            info = self.fs.info(self._path(name))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise self._fail("look up", name, exc) from exc
+        if info.get("type") == "directory":
+            return None
+        version = str(info.get("ETag") or info.get("etag") or info.get("mtime") or info)
+        digest = int.from_bytes(hashlib.blake2b(version.encode(), digest_size=7).digest(), "big")
+        return (digest, int(info.get("size") or 0))
+
+    def names(self, name: str = "") -> list[str]:
+        try:
+            self.fs.invalidate_cache(self._path(name))
+            entries = self.fs.ls(self._path(name), detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except (OSError, ValueError) as exc:
+            raise self._fail("list", name, exc) from exc
+        prefix = self._path(name).rstrip("/") + "/"
+        return sorted({str(e).removeprefix(prefix).split("/")[0] for e in entries} - {""})
+
+    def remove(self, name: str) -> None:
+        try:
+            self.fs.rm(self._path(name), recursive=True)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            raise self._fail("delete", name, exc) from exc
+
+    def child(self, name: str) -> FsspecLocation:
+        return FsspecLocation(f"{self.url}/{name}", self.fs, self._path(name))
+
+
 def open_location(url_or_path: str) -> Location:
-    """A location for a folder path, ``file://`` URL or ``http(s)://`` URL (``precomputed://``
+    """A location for a folder path, ``file://``, ``http(s)://`` or fsspec URL (``precomputed://``
     prefixes are accepted)."""
     url = url_or_path.removeprefix("precomputed://")
-    if url.startswith(("http://", "https://")):
+    if url_scheme(url) in HTTP_SCHEMES:
         return HttpLocation(url)
-    if url.startswith("file://"):
+    return open_writable(url)
+
+
+def open_writable(url_or_path: str) -> WritableLocation:
+    """A location that can be written: a folder path, ``file://`` or fsspec URL."""
+    url = url_or_path.removeprefix("precomputed://")
+    scheme = url_scheme(url)
+    if scheme in HTTP_SCHEMES:
+        raise StoreError(f"{url!r} is a web server: it can be read, not written")
+    if scheme == "file":
         return LocalLocation(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    if scheme:
+        return FsspecLocation(url)
     return LocalLocation(url)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .stores.base import write_atomically
+from .locations import LocalLocation, WritableLocation
 
 _M32 = np.uint32(0xFFFFFFFF)
 
@@ -176,7 +176,7 @@ def choose_sharding(
 
 
 def write_sharded(
-    folder: str,
+    folder: str | WritableLocation,
     spec: ShardingSpec,
     keys: np.ndarray,
     blobs: Sequence[bytes] | np.ndarray,
@@ -189,7 +189,9 @@ def write_sharded(
     each row into its own object, for millions of small blobs). With `encoded`, the blobs are
     already in the spec's data encoding (callers that compress as they go save memory).
     """
-    os.makedirs(folder, exist_ok=True)
+    if isinstance(folder, str):
+        os.makedirs(folder, exist_ok=True)
+        folder = LocalLocation(folder)
     keys = np.asarray(keys, np.uint64)
     rows: np.ndarray | None = None
     items: list[bytes] = []
@@ -213,7 +215,7 @@ def write_sharded(
         else:
             data = b"".join(items[int(i)] for i in group)
         content = _shard_bytes(spec, keys[group], minishard[group], sizes[group], data)
-        write_atomically(os.path.join(folder, spec.shard_name(int(shard[group[0]]))), content)
+        folder.write(spec.shard_name(int(shard[group[0]])), content)
         files += 1
     return files
 

@@ -17,9 +17,10 @@ from typing import Any
 from ..cache import ByteCache
 from ..errors import StoreError
 from ..geometry import Box
+from ..locations import file_stamp
 from ..pyramid import Pyramid
 from ..stores import ChunkStore, create_store
-from ..stores.base import INFO_NAME, file_stamp
+from ..stores.base import INFO_NAME
 from .config import Source
 from .http import JSON, OCTETS, FileRegion, HttpError, Response, etag_for, http_date
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from ..errors import StoreError
+from ..locations import HTTP_SCHEMES, is_remote, open_location, open_writable, url_scheme
 from ..pyramid import Pyramid
 from .base import ChunkStore, read_info
 from .blockfs import DIRECTORY_NAME, BlockfsStore
@@ -34,6 +35,11 @@ def create_store(
         raise StoreError(
             f"unknown format {format_name!r}; expected one of {', '.join(FORMATS)}"
         ) from None
+    if is_remote(path) and not cls.remote_ok:
+        raise StoreError(
+            f"--format {format_name} writes to local or shared folders only; --format zarr or "
+            f"precomputed can write to {url_scheme(path)}:// URLs"
+        )
     if cls is PrecomputedStore:
         return PrecomputedStore(path, pyramid, gzip_files)
     if gzip_files:
@@ -42,45 +48,33 @@ def create_store(
 
 
 def detect_format(path: str, first_key: str) -> str:
-    """The layout of the volume at `path`, judged from its first level's folder."""
-    level = os.path.join(path, first_key)
-    if os.path.exists(os.path.join(level, DIRECTORY_NAME)):
+    """The layout of the volume at `path` (folder or URL), judged from its first level."""
+    if url_scheme(path) in HTTP_SCHEMES:
+        return "precomputed"  # a web server answers in Neuroglancer's own format
+    level = open_writable(path).child(first_key)
+    if level.stamp(DIRECTORY_NAME) is not None:
         return "blockfs"
-    if os.path.exists(os.path.join(level, ZARRAY)):
+    if level.stamp(ZARRAY) is not None:
         return "zarr"
-    try:
-        names = os.listdir(level)
-    except OSError as exc:
-        raise StoreError(f"{path!r} has no folder for its first level {first_key!r}") from exc
-    if any(name.endswith(".tiff") for name in names):
+    if not is_remote(path) and not os.path.isdir(os.path.join(path, first_key)):
+        raise StoreError(f"{path!r} has no folder for its first level {first_key!r}")
+    if any(name.endswith(".tiff") for name in level.names()[:1000]):
         return "tiff"
     return "precomputed"  # Neuroglancer's own files (or no chunk written yet)
 
 
 def open_store(path: str, format_name: str | None = None) -> ChunkStore:
-    """Open a volume for reading: a folder (layout detected when not given) or a URL.
+    """Open a volume for reading: a folder, ``file://``, ``http(s)://`` or fsspec URL (layout
+    detected when not given).
 
     ``http(s)://`` URLs are read as Neuroglancer precomputed sources, whatever layout the
     server keeps on its disk.
     """
-    import json
-
-    from ..locations import open_location
-
     url = path.removeprefix("precomputed://")
-    if url.startswith(("http://", "https://")):
-        content = open_location(url).read("info")
-        if content is None:
-            raise StoreError(f"{url}/info not found: not a precomputed source")
-        try:
-            info = json.loads(content)
-        except ValueError as exc:
-            raise StoreError(f"{url}/info is not JSON: {exc}") from exc
-        return PrecomputedStore(url, Pyramid.from_info(info))
-    if url.startswith("file://"):
+    if url_scheme(url) == "file":
         url = open_location(url).url
     pyramid = Pyramid.from_info(read_info(url))
-    if any(scale.sharding is not None for scale in pyramid.scales):
+    if url_scheme(url) in HTTP_SCHEMES or any(s.sharding is not None for s in pyramid.scales):
         format_name = "precomputed"
     if format_name is None:
         format_name = detect_format(url, pyramid.scales[0].key)

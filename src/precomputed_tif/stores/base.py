@@ -9,56 +9,39 @@ bytes on disk never depend on which task finished first.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
+from ..locations import WritableLocation, is_remote, open_location, open_writable
 from ..pyramid import Pyramid
 
 INFO_NAME = "info"
 STATE_DIR = ".precomputed-tif"
 
 
-def write_atomically(path: str, data: bytes | memoryview) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def file_stamp(path: str) -> tuple[int, int] | None:
-    """(modification time in ns, size) of a file, or None when it does not exist."""
-    try:
-        stat = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return (stat.st_mtime_ns, stat.st_size)
-
-
 def read_info(path: str) -> dict[str, Any]:
-    info_path = os.path.join(path, INFO_NAME)
+    """The info JSON of the volume at a folder or URL."""
     try:
-        with open(info_path, "rb") as f:
-            return json.loads(f.read())
-    except FileNotFoundError as exc:
-        raise StoreError(f"{path!r} has no info file: not a precomputed volume") from exc
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"cannot read {info_path!r}: {exc}") from exc
+        content = open_location(path).read(INFO_NAME)
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}/{INFO_NAME}: {exc}") from exc
+    if content is None:
+        raise StoreError(f"{path!r} has no info file: not a precomputed volume")
+    try:
+        info = json.loads(content)
+    except ValueError as exc:
+        raise StoreError(f"{path}/{INFO_NAME} is not JSON: {exc}") from exc
+    if not isinstance(info, dict):
+        raise StoreError(f"{path}/{INFO_NAME} is not a JSON object")
+    return info
 
 
 class TaskWriter:
@@ -89,11 +72,19 @@ class ChunkStore(ABC):
     pyramid: Pyramid
 
     format_name = "abstract"
+    # layouts written as whole objects by name can live in object stores (s3://, gs://)
+    remote_ok = False
+
+    @cached_property
+    def files(self) -> WritableLocation:
+        """The volume's folder or object-store prefix, addressed by names inside it."""
+        return open_writable(self.path)
 
     # --- writing -----------------------------------------------------------------------
     def prepare_level(self, level: int) -> None:
         """Create what a level needs before tasks write to it (folders, array metadata)."""
-        os.makedirs(self.level_path(level), exist_ok=True)
+        if not is_remote(self.path):
+            os.makedirs(self.level_path(level), exist_ok=True)
 
     def task_writer(self, level: int, task_index: int) -> TaskWriter:
         return TaskWriter(self, level)
@@ -109,7 +100,7 @@ class ChunkStore(ABC):
         """Store one whole chunk (edge chunks clipped) of `level`; `data` is (z, y, x)."""
 
     def write_info(self) -> None:
-        write_atomically(os.path.join(self.path, INFO_NAME), self.pyramid.info_bytes())
+        self.files.write(INFO_NAME, self.pyramid.info_bytes())
 
     # --- reading -----------------------------------------------------------------------
     @abstractmethod

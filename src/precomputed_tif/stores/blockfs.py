@@ -29,7 +29,8 @@ import numpy as np
 
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
-from .base import STATE_DIR, ChunkStore, TaskWriter, write_atomically
+from ..locations import write_atomically
+from .base import STATE_DIR, ChunkStore, TaskWriter
 
 MAGIC = b"BlockFS\0"
 DIRECTORY_NAME = "precomputed.blockfs"

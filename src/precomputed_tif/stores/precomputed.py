@@ -10,7 +10,6 @@ concurrently and decoded chunks are kept in a bounded cache.
 from __future__ import annotations
 
 import gzip as gzip_module
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,9 +21,9 @@ from ..cache import ByteCache
 from ..encodings import decode_chunk, encode_chunk
 from ..errors import StoreError
 from ..geometry import Box
-from ..locations import Location, open_location
+from ..locations import HTTP_SCHEMES, Location, open_location, url_scheme
 from ..sharding import ShardingSpec, compressed_morton_codes, encode_blob, write_sharded
-from .base import ChunkStore, TaskWriter, file_stamp, write_atomically
+from .base import ChunkStore, TaskWriter
 
 GZIP_ENCODINGS = ("raw", "compressed_segmentation")
 READ_THREADS = 16
@@ -36,6 +35,7 @@ class PrecomputedStore(ChunkStore):
     gzip_files: bool = False
 
     format_name = "precomputed"
+    remote_ok = True
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.pyramid, self.gzip_files))
@@ -68,7 +68,7 @@ class PrecomputedStore(ChunkStore):
         stop = tuple(b + o for b, o in zip(box.stop, offset))
         return Box(start, stop).chunk_name  # type: ignore[arg-type]
 
-    # --- writing (local folders) ---------------------------------------------------------
+    # --- writing (folders and object stores) ---------------------------------------------
     def task_writer(self, level: int, task_index: int) -> TaskWriter:
         if self.pyramid.scale(level).sharding is not None:
             return _ShardWriter(self, level)
@@ -83,11 +83,11 @@ class PrecomputedStore(ChunkStore):
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
         scale = self.pyramid.scale(level)
         blob = self.encode(level, data)
-        name = os.path.join(self.level_path(level), self.chunk_name(level, box))
+        name = f"{scale.key}/{self.chunk_name(level, box)}"
         if self.gzip_files and scale.encoding in GZIP_ENCODINGS:
-            write_atomically(name + ".gz", gzip_module.compress(blob, compresslevel=6, mtime=0))
+            self.files.write(name + ".gz", gzip_module.compress(blob, compresslevel=6, mtime=0))
         else:
-            write_atomically(name, blob)
+            self.files.write(name, blob)
 
     # --- reading (folders and URLs) ------------------------------------------------------
     def _blob(self, level: int, box: Box) -> bytes | None:
@@ -123,11 +123,10 @@ class PrecomputedStore(ChunkStore):
         return data
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
-        if self.pyramid.scale(level).sharding is None and not self.path.startswith(
-            ("http://", "https://", "precomputed://")
-        ):
-            name = os.path.join(self.level_path(level), self.chunk_name(level, box))
-            return file_stamp(name) or file_stamp(name + ".gz")
+        scale = self.pyramid.scale(level)
+        if scale.sharding is None and url_scheme(self.path) not in HTTP_SCHEMES:
+            name = f"{scale.key}/{self.chunk_name(level, box)}"
+            return self.files.stamp(name) or self.files.stamp(name + ".gz")
         return super().chunk_stamp(level, box)
 
     def read_chunks(self, level: int, boxes: list[Box]) -> list[np.ndarray | None]:
@@ -162,7 +161,7 @@ class _ShardWriter(TaskWriter):
         if len(shards) > 1:
             raise StoreError(f"a task of level {self.level} spans shards {sorted(shards)}")
         write_sharded(
-            self.precomputed.level_path(self.level), spec, codes, self.blobs, encoded=True
+            self.precomputed.files.child(scale.key), spec, codes, self.blobs, encoded=True
         )
 
 

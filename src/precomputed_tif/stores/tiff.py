@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import StoreError
 from ..geometry import Box
-from .base import ChunkStore, file_stamp, write_atomically
+from ..locations import file_stamp, write_atomically
+from .base import ChunkStore
 
 ZLIB_LEVEL = 1
 

@@ -9,43 +9,43 @@ accepts any v2 array a zarr library wrote: flat or nested keys, any numcodecs co
 from __future__ import annotations
 
 import json
-import os
-from functools import lru_cache
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from ..errors import StoreError
 from ..geometry import Box
-from .base import ChunkStore, file_stamp, write_atomically
+from ..locations import WritableLocation
+from .base import ChunkStore
 
 ZARRAY = ".zarray"
+ZGROUP = ".zgroup"
+_ArrayMeta = tuple[dict[str, Any], Any, str]  # .zarray, its codec, the chunk key separator
 COMPRESSOR = {"id": "blosc", "cname": "zstd", "clevel": 1, "shuffle": 2, "blocksize": 0}
 
 
-@lru_cache(maxsize=64)
-def _array_meta(level_path: str, mtime_ns: int) -> tuple[dict[str, Any], Any, str]:
+def _array_meta(files: WritableLocation, key: str) -> _ArrayMeta:
     import numcodecs
 
-    path = os.path.join(level_path, ZARRAY)
+    content = files.read(f"{key}/{ZARRAY}")
     try:
-        with open(path, "rb") as f:
-            meta = json.loads(f.read())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"cannot read {path!r}: {exc}") from exc
-    codec = numcodecs.get_codec(meta["compressor"]) if meta.get("compressor") else None
+        meta = json.loads(content or b"")
+        codec = numcodecs.get_codec(meta["compressor"]) if meta.get("compressor") else None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"cannot read {files.url}/{key}/{ZARRAY}: {exc}") from exc
     separator = meta.get("dimension_separator")
     if separator is None:
         # arrays written by zarr's NestedDirectoryStore before 2.8 do not record the separator
-        separator = "/" if os.path.isdir(os.path.join(level_path, "0")) else "."
+        separator = "/" if "0" in files.names(key) else "."
     return meta, codec, separator
 
 
 class ZarrStore(ChunkStore):
     format_name = "zarr"
+    remote_ok = True
 
     def prepare_level(self, level: int) -> None:
-        super().prepare_level(level)
         scale = self.pyramid.scale(level)
         meta = {
             "chunks": list(reversed(scale.chunk_size)),
@@ -58,26 +58,30 @@ class ZarrStore(ChunkStore):
             "shape": list(reversed(scale.size)),
             "zarr_format": 2,
         }
-        write_atomically(
-            os.path.join(self.level_path(level), ZARRAY),
-            json.dumps(meta, indent=4, sort_keys=True).encode(),
-        )
-        group = os.path.join(self.path, ".zgroup")
-        if not os.path.exists(group):
-            write_atomically(group, json.dumps({"zarr_format": 2}).encode())
+        key = self.pyramid.scale(level).key
+        self.files.write(f"{key}/{ZARRAY}", json.dumps(meta, indent=4, sort_keys=True).encode())
+        if self.files.stamp(ZGROUP) is None:
+            self.files.write(ZGROUP, json.dumps({"zarr_format": 2}).encode())
 
-    def _meta(self, level: int) -> tuple[dict[str, Any], Any, str]:
-        level_path = self.level_path(level)
-        try:
-            mtime = os.stat(os.path.join(level_path, ZARRAY)).st_mtime_ns
-        except OSError as exc:
-            raise StoreError(f"level {level} of {self.path!r} has no .zarray") from exc
-        return _array_meta(level_path, mtime)
+    def _meta(self, level: int) -> _ArrayMeta:
+        key = self.pyramid.scale(level).key
+        stamp = self.files.stamp(f"{key}/{ZARRAY}")
+        if stamp is None:
+            raise StoreError(f"level {level} of {self.path!r} has no .zarray")
+        cached = self._metas.get(key)
+        if cached is None or cached[0] != stamp:
+            cached = self._metas[key] = (stamp, _array_meta(self.files, key))
+        return cached[1]
+
+    @cached_property
+    def _metas(self) -> dict[str, tuple[tuple[int, int], _ArrayMeta]]:
+        return {}
 
     def _chunk_key(self, level: int, box: Box, separator: str) -> str:
-        chunk = self.pyramid.scale(level).chunk_size
+        scale = self.pyramid.scale(level)
+        chunk = scale.chunk_size
         zi, yi, xi = box.start[2] // chunk[2], box.start[1] // chunk[1], box.start[0] // chunk[0]
-        return os.path.join(self.level_path(level), f"{zi}{separator}{yi}{separator}{xi}")
+        return f"{scale.key}/{zi}{separator}{yi}{separator}{xi}"
 
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
         import numcodecs
@@ -90,13 +94,11 @@ class ZarrStore(ChunkStore):
             data = padded
         little = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
         encoded = numcodecs.get_codec(COMPRESSOR).encode(little)
-        path = self._chunk_key(level, box, "/")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_atomically(path, encoded)
+        self.files.write(self._chunk_key(level, box, "/"), encoded)
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
         _, _, separator = self._meta(level)
-        return file_stamp(self._chunk_key(level, box, separator))
+        return self.files.stamp(self._chunk_key(level, box, separator))
 
     def read_chunk_bytes(self, level: int, box: Box) -> bytes | None:
         meta, codec, separator = self._meta(level)
@@ -110,10 +112,8 @@ class ZarrStore(ChunkStore):
         if not plain:
             return super().read_chunk_bytes(level, box)  # padded edges, filters, big-endian
         path = self._chunk_key(level, box, separator)
-        try:
-            with open(path, "rb") as f:
-                stored = f.read()
-        except FileNotFoundError:
+        stored = self.files.read(path)
+        if stored is None:
             return None
         try:
             return bytes(codec.decode(stored))
@@ -123,10 +123,8 @@ class ZarrStore(ChunkStore):
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         meta, codec, separator = self._meta(level)
         path = self._chunk_key(level, box, separator)
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
+        raw = self.files.read(path)
+        if raw is None:
             return None
         try:
             decoded = codec.decode(raw) if codec is not None else raw
