@@ -61,6 +61,14 @@ def file_stamp(path: str) -> tuple[int, int] | None:
     return (stat.st_mtime_ns, stat.st_size)
 
 
+def _gunzip(content: bytes, where: str) -> bytes:
+    """A ``name.gz`` file's content (chunks written with ``--gzip``)."""
+    try:
+        return gzip.decompress(content)
+    except (OSError, EOFError) as exc:
+        raise StoreError(f"{where} is damaged: {exc}") from exc
+
+
 class Location(Protocol):
     url: str
 
@@ -133,11 +141,9 @@ class LocalLocation:
             pass
         try:
             with open(path + ".gz", "rb") as f:
-                return gzip.decompress(f.read())
+                return _gunzip(f.read(), path + ".gz")
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except (OSError, EOFError) as exc:
-            raise StoreError(f"{path}.gz is damaged: {exc}") from exc
 
     def read_range(self, name: str, offset: int, size: int) -> bytes | None:
         try:
@@ -266,12 +272,15 @@ class FsspecLocation:
         return StoreError(f"cannot {what} {self.url}/{name}: {exc}")
 
     def read(self, name: str) -> bytes | None:
-        try:
-            return bytes(self.fs.cat_file(self._path(name)))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise self._fail("read", name, exc) from exc
+        for stored in (name, name + ".gz"):
+            try:
+                content = bytes(self.fs.cat_file(self._path(stored)))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as exc:
+                raise self._fail("read", stored, exc) from exc
+            return content if stored == name else _gunzip(content, f"{self.url}/{stored}")
+        return None
 
     def read_range(self, name: str, offset: int, size: int) -> bytes | None:
         if size <= 0:

@@ -59,8 +59,15 @@ def add_log_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# libraries whose INFO lines speak of their own machinery (credentials found, cluster start-up)
+CHATTY_LIBRARIES = ("botocore", "aiobotocore", "s3fs", "fsspec", "distributed", "bokeh", "tornado")
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(message)s", stream=sys.stderr)
+    quiet = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(quiet)
 
 
 def run_command(main: Callable[[], int | None], prog: str) -> int:

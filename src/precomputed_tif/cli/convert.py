@@ -206,13 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         from ..convert import Budget
         from ..errors import PlanError
         from ..executors import process_pool
+        from ..locations import is_remote
 
         dask = None
         if args.dask_scheduler or args.dask_workers:
             from ..executors import DaskExecutor
-
-            for name in ("distributed", "bokeh", "tornado"):  # their start-up chatter
-                logging.getLogger(name).setLevel(max(logging.WARNING, log.getEffectiveLevel()))
 
             per_worker = args.memory
             if per_worker is not None and args.dask_workers:
@@ -254,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             raise PlanError("--gzip is for unsharded files: shards compress their chunks already")
         if args.sharded:
             pyramid = pyramid.sharded(budget.task_bytes)
-        store = create_store(args.format, os.path.abspath(args.dest), pyramid, gzip_files=args.gzip)
+        dest = args.dest if is_remote(args.dest) else os.path.abspath(args.dest)
+        store = create_store(args.format, dest, pyramid, gzip_files=args.gzip)
         if args.dry_run:
             from ..plan import describe_plan, plan_stages
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             served = [(os.path.basename(source.directory) or "volume", "", source.directory)]
             served += [(name, "/" + name, s.directory) for name, s in beside.items()]
         server = Server(app, args.bind, args.port, args.threads)
-        where = args.config or os.path.abspath(args.directory)
+        where = args.config or source.directory
         print(f"Serving {where} at {server.url}", flush=True)
         if args.viewer:
             print(f"Viewer: {_link(server.url, served)}", flush=True)
@@ -124,14 +123,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _link(base_url: str, served: list[tuple[str, str, str]]) -> str:
+    from ..errors import StoreError
     from ..serve.viewer import display_range, viewer_link, viewer_state
+    from ..stores.base import read_info
 
     layers = []
     for name, path, directory in served:
         try:
-            with open(os.path.join(directory, "info"), "rb") as f:
-                info = json.loads(f.read())
-        except (OSError, ValueError):
+            info = read_info(directory)
+        except StoreError:
             continue
         is_image = "scales" in info
         layers.append((name, path, info, display_range(directory) if is_image else None))

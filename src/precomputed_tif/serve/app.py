@@ -238,7 +238,7 @@ class PrecomputedApp:
         if isinstance(body, bytes):
             return [body]
         wrapper = environ.get("wsgi.file_wrapper")
-        if body.offset == 0 and wrapper is not None:
+        if body.offset == 0 and wrapper is not None and body.location is None:
             try:
                 handle = open(body.path, "rb")
             except OSError:
@@ -272,7 +272,7 @@ def _request_path(environ: dict[str, Any]) -> str:
 
 
 def _file_mtime(body: bytes | FileRegion) -> float | None:
-    if isinstance(body, FileRegion):
+    if isinstance(body, FileRegion) and body.location is None:
         try:
             return os.stat(body.path).st_mtime
         except OSError:
@@ -283,18 +283,25 @@ def _file_mtime(body: bytes | FileRegion) -> float | None:
 def _slice(body: bytes | FileRegion, start: int, stop: int) -> bytes | FileRegion:
     if isinstance(body, bytes):
         return body[start:stop]
-    return FileRegion(body.path, body.offset + start, stop - start)
+    return FileRegion(body.path, body.offset + start, stop - start, body.location)
 
 
 def _read_all(body: bytes | FileRegion) -> bytes:
     if isinstance(body, bytes):
         return body
+    if body.location is not None:
+        return body.location.read_range(body.path, body.offset, body.length) or b""
     with open(body.path, "rb") as f:
         f.seek(body.offset)
         return f.read(body.length)
 
 
 def _file_blocks(region: FileRegion, block: int = 1 << 18) -> Iterator[bytes]:
+    if region.location is not None:
+        for start in range(region.offset, region.offset + region.length, 1 << 22):
+            size = min(1 << 22, region.offset + region.length - start)
+            yield region.location.read_range(region.path, start, size) or b""
+        return
     with open(region.path, "rb") as f:
         f.seek(region.offset)
         left = region.length

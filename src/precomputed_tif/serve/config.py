@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import PrecomputedTifError, StoreError
+from ..locations import HTTP_SCHEMES, is_remote, url_scheme
 from ..stores import detect_format
 from ..stores.base import read_info
 
@@ -38,14 +39,22 @@ class Source:
 
 
 def resolve_source(name: str, directory: str, format_name: str | None) -> Source:
-    """Check a folder and settle its format (detected when None)."""
-    real = os.path.realpath(directory)
-    if not os.path.isdir(real):
-        raise ConfigError(f"source {name!r}: directory {directory!r} does not exist")
+    """Check a folder (or object-store URL) and settle its format (detected when None)."""
     if format_name is not None and format_name not in FORMATS:
         raise ConfigError(
             f"source {name!r}: format {format_name!r} is not one of {', '.join(FORMATS)}"
         )
+    if is_remote(directory):
+        if url_scheme(directory) in HTTP_SCHEMES:
+            raise ConfigError(f"source {name!r}: {directory!r} is a web server, not storage")
+        try:
+            read_info(directory)
+        except StoreError as exc:
+            raise ConfigError(f"source {name!r}: {exc}") from exc
+        return Source(name, directory.rstrip("/"), format_name or detect_served_format(directory))
+    real = os.path.realpath(directory)
+    if not os.path.isdir(real):
+        raise ConfigError(f"source {name!r}: directory {directory!r} does not exist")
     return Source(name, real, format_name or detect_served_format(real))
 
 
@@ -90,7 +99,9 @@ def load_sources(path: str) -> dict[str, Source]:
         format_name = entry.get("format")
         if format_name is not None and not isinstance(format_name, str):
             raise ConfigError(f'{path}: source {name!r} has a non-string "format"')
-        sources[name] = resolve_source(name, os.path.join(base, directory), format_name)
+        if not is_remote(directory):
+            directory = os.path.join(base, directory)
+        sources[name] = resolve_source(name, directory, format_name)
     return sources
 
 

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 STATUS_TEXT = {
     200: "200 OK",
@@ -42,11 +43,15 @@ class HttpError(Exception):
 
 @dataclass(frozen=True)
 class FileRegion:
-    """`length` bytes of the file at `path` from `offset`, sent without loading them all."""
+    """`length` bytes of the file at `path` from `offset`, sent without loading them all.
+
+    With a `location` (an object store), `path` is a name inside it, read range by range.
+    """
 
     path: str
     offset: int
     length: int
+    location: Any = None
 
 
 @dataclass

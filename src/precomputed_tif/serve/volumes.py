@@ -11,20 +11,24 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
 from ..cache import ByteCache
 from ..errors import StoreError
 from ..geometry import Box
-from ..locations import file_stamp
+from ..locations import file_stamp, is_remote, open_writable
 from ..pyramid import Pyramid
 from ..stores import ChunkStore, create_store
-from ..stores.base import INFO_NAME
+from ..stores.base import INFO_NAME, read_info
 from .config import Source
 from .http import JSON, OCTETS, FileRegion, HttpError, Response, etag_for, http_date
 
 log = logging.getLogger(__name__)
+
+REMOTE_RECHECK_SECONDS = 5.0
+Stamp = tuple[int, int] | None
 
 CONTENT_TYPES = {
     ".json": JSON,
@@ -53,42 +57,53 @@ class StoreCache:
 
     def __init__(self, max_stores: int = 64) -> None:
         self.max_stores = max_stores
-        self._stores: OrderedDict[tuple[str, str], tuple[tuple[int, int] | None, ChunkStore]] = (
-            OrderedDict()
-        )
+        self._stores: OrderedDict[tuple[str, str], tuple[Stamp, ChunkStore, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, source: Source) -> ChunkStore:
         key = (source.directory, source.format)
-        stamp = file_stamp(os.path.join(source.directory, INFO_NAME))
-        if stamp is None:
-            raise HttpError(404, "the volume has no info file")
         with self._lock:
             cached = self._stores.get(key)
-            if cached is not None and cached[0] == stamp:
+        if cached is not None and is_remote(source.directory):
+            # an object store answers a stat in milliseconds, not microseconds: look at the
+            # info file again only every few seconds
+            stamp, store, checked = cached
+            if time.monotonic() - checked < REMOTE_RECHECK_SECONDS:
+                return store
+        stamp = info_stamp(source)
+        if stamp is None:
+            raise HttpError(404, "the volume has no info file")
+        if cached is not None and cached[0] == stamp:
+            with self._lock:
+                self._stores[key] = (stamp, cached[1], time.monotonic())
                 self._stores.move_to_end(key)
-                return cached[1]
+            return cached[1]
         pyramid = _read_pyramid(source.directory)
         store = create_store(source.format, source.directory, pyramid)
         with self._lock:
-            self._stores[key] = (stamp, store)
+            self._stores[key] = (stamp, store, time.monotonic())
             self._stores.move_to_end(key)
             while len(self._stores) > self.max_stores:
                 self._stores.popitem(last=False)
         return store
 
 
-def _read_pyramid(directory: str) -> Pyramid:
-    import json
+def info_stamp(source: Source) -> Stamp:
+    if is_remote(source.directory):
+        return open_writable(source.directory).stamp(INFO_NAME)
+    return file_stamp(os.path.join(source.directory, INFO_NAME))
 
+
+def _read_pyramid(directory: str) -> Pyramid:
     try:
-        with open(os.path.join(directory, INFO_NAME), "rb") as f:
-            return Pyramid.from_info(json.loads(f.read()))
-    except (OSError, ValueError, StoreError) as exc:
+        return Pyramid.from_info(read_info(directory))
+    except (ValueError, StoreError) as exc:
         raise StoreError(f"the info file of {directory!r} is unreadable: {exc}") from exc
 
 
 def serve_info(source: Source) -> Response:
+    if is_remote(source.directory):
+        return _remote_file(source, [INFO_NAME], content_type=JSON)
     path = os.path.join(source.directory, INFO_NAME)
     return _static_file(path, content_type=JSON)
 
@@ -140,6 +155,8 @@ def serve_file(source: Source, parts: list[str]) -> Response:
     """
     if any(part.startswith(".") for part in parts):
         raise HttpError(404, "not found")
+    if is_remote(source.directory):
+        return _remote_file(source, parts)
     path = _inside(source, os.path.join(source.directory, *parts))
     if not os.path.exists(path) and not parts[-1].endswith(".gz"):
         packed = _inside(source, path + ".gz")
@@ -148,6 +165,25 @@ def serve_file(source: Source, parts: list[str]) -> Response:
             response.headers["Content-Encoding"] = "gzip"
             return response
     return _static_file(path)
+
+
+def _remote_file(source: Source, parts: list[str], content_type: str | None = None) -> Response:
+    """A file of an object-store volume, read range by range as it is sent."""
+    location = open_writable(source.directory)
+    name = "/".join(parts)
+    stamp = location.stamp(name)
+    encoding = None
+    if stamp is None and not name.endswith(".gz"):
+        stamp = location.stamp(name + ".gz")
+        name, encoding = name + ".gz", "gzip"
+    if stamp is None:
+        raise HttpError(404, "not found")
+    if content_type is None:
+        content_type = OCTETS if encoding else CONTENT_TYPES.get(os.path.splitext(name)[1], OCTETS)
+    headers = {"Content-Type": content_type, "ETag": etag_for(*stamp)}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    return Response(200, FileRegion(name, 0, stamp[1], location), headers)
 
 
 def _inside(source: Source, path: str) -> str:
