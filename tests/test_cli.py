@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -282,3 +284,70 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, small_stack):
     assert "level 1 (1_1_1): 30x20x9 voxels, 24 chunks in 1 files" in result.stdout
     assert "in all:" in result.stdout
     assert not dest.exists()
+
+
+def _plan_numbers(stdout: str) -> tuple[dict[int, int], dict[str, tuple[int, int]], int]:
+    """Tasks per stage (by first level), (chunks, files) per level key, total raw bytes."""
+    tasks, levels = {}, {}
+    raw_gib = 0.0
+    for line in stdout.splitlines():
+        if match := re.match(r"levels (\d+)-\d+: (\d+) tasks", line):
+            tasks[int(match[1])] = int(match[2])
+        elif match := re.match(
+            r"level \d+ \((\S+)\): \S+ voxels, (\d+) chunks in (\d+) files", line
+        ):
+            levels[match[1]] = (int(match[2]), int(match[3]))
+        elif match := re.match(r"in all: \d+ files, ([\d.]+) GiB", line):
+            raw_gib = float(match[1])
+    return tasks, levels, round(raw_gib * 2**30)
+
+
+@pytest.mark.parametrize("fmt", ["precomputed", "precomputed --sharded", "blockfs"])
+def test_the_plan_agrees_with_a_real_run(tmp_path, resumable_stack, fmt):
+    """--shape plans without data; its numbers are what a real run of that shape does."""
+    stack, source = resumable_stack
+    z, y, x = stack.shape
+    common = ["--format", *fmt.split(), "--chunk-size", "16,16,16", "--task-memory", "1M"]
+    common += ["--n-cores", "2", "--log", "WARNING"]
+    dest = tmp_path / "real"
+    planned = run_cli("--shape", f"{x},{y},{z}", "--dest", str(dest), *common, "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert not dest.exists()
+    tasks, levels, raw_bytes = _plan_numbers(planned.stdout)
+    from_headers = run_cli("--source", source, "--dest", str(dest), *common, "--dry-run")
+    assert _plan_numbers(from_headers.stdout)[1:] == (levels, raw_bytes)
+
+    assert run_cli("--source", source, "--dest", str(dest), *common).returncode == 0
+    for first, count in tasks.items():
+        with open(dest / ".precomputed-tif" / f"done-{first}") as f:
+            assert len(set(f.read().split())) == count, f"stage from level {first}"
+    for key, (_, files) in levels.items():
+        names = [n for n in os.listdir(dest / key) if not n.startswith(".")]
+        assert len(names) == files, key
+    volume = json.loads((dest / "info").read_text())
+    assert [s["key"] for s in volume["scales"]] == list(levels)
+    voxels = sum(int(np.prod(s["size"])) for s in volume["scales"])
+    assert abs(voxels * stack.itemsize - raw_bytes) <= 0.005 * 2**30
+
+
+def test_the_100_tb_plan_takes_no_time_and_adds_up(tmp_path):
+    shape = (25_000, 25_000, 20_000)
+    result = run_cli(
+        *("--shape", ",".join(map(str, shape)), "--dest", str(tmp_path / "big")),
+        *("--format", "precomputed", "--sharded", "--memory", "8G", "--n-cores", "4"),
+        "--dry-run",
+    )
+    assert result.returncode == 0, result.stderr
+    tasks, levels, raw_bytes = _plan_numbers(result.stdout)
+    assert list(levels)[0] == "1_1_1" and len(levels) == 10
+    assert levels["1_1_1"][0] == math.prod(-(-s // 64) for s in shape)
+    assert (
+        abs(raw_bytes - 2 * sum(math.prod(-(-s // 2**i) for s in shape) for i in range(10)))
+        <= 0.005 * 2**30
+    )
+    assert tasks[1] > 1000 and not (tmp_path / "big").exists()
+
+
+def test_shape_needs_dry_run(tmp_path):
+    result = run_cli("--shape", "10,10,10", "--dest", str(tmp_path / "x"))
+    assert_one_line_error(result, "--dry-run")

@@ -77,7 +77,18 @@ class DaskExecutor:
 
     @property
     def n_workers(self) -> int:
+        """Tasks that run at once: the threads of every worker."""
         return max(1, sum(self.client.nthreads().values()))
+
+    def memory_per_task(self) -> int | None:
+        """The smallest worker's memory limit shared by its threads, None when unlimited."""
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {}).values()
+        shares = [
+            int(w["memory_limit"]) // max(1, int(w.get("nthreads") or 1))
+            for w in workers
+            if w.get("memory_limit")
+        ]
+        return min(shares) if shares else None
 
     def __enter__(self) -> Executor:
         return self.executor

@@ -10,11 +10,13 @@ run them, in any order, more than once.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 from .errors import PlanError
 from .geometry import XYZ, Box
 from .pyramid import Pyramid
+from .sharding import ShardingSpec
 from .sources import PlaneSource
 from .stores import ChunkStore
 
@@ -172,10 +174,20 @@ class LevelPlan:
     raw_bytes: int
 
 
+def _shard_files(grid_shape: tuple[int, ...], spec: ShardingSpec) -> int:
+    """Shard files a level makes: blocks of chunks when hashed by identity (ours), else bounded
+    by the shard count."""
+    from .sharding import block_of_low_bits
+
+    n_chunks = math.prod(grid_shape)
+    if spec.hash != "identity":
+        return min(n_chunks, 2**spec.shard_bits)
+    block = block_of_low_bits(grid_shape, spec.preshift_bits + spec.minishard_bits)
+    return math.prod(-(-g // b) for g, b in zip(grid_shape, block))
+
+
 def level_plans(pyramid: Pyramid, format_name: str) -> list[LevelPlan]:
     """Chunks, files and uncompressed bytes of every level (no pixel is read)."""
-    from .sharding import ShardingSpec
-
     plans = []
     for level, scale in enumerate(pyramid.scales, start=1):
         sx, sy, sz = scale.size
@@ -183,8 +195,9 @@ def level_plans(pyramid: Pyramid, format_name: str) -> list[LevelPlan]:
         if format_name == "blockfs":
             files = 2
         elif scale.sharding is not None:
-            spec = ShardingSpec.from_json(scale.sharding_json or {})
-            files = min(scale.n_chunks, 2**spec.shard_bits)
+            files = _shard_files(
+                scale.grid_shape, ShardingSpec.from_json(scale.sharding_json or {})
+            )
         else:
             files = scale.n_chunks
         plans.append(LevelPlan(level, scale.key, scale.size, scale.n_chunks, files, raw))

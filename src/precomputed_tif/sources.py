@@ -76,6 +76,30 @@ class ArraySource:
 
 
 @dataclass(frozen=True)
+class ShapeSource:
+    """A stack known only by its shape: plans a conversion before the data exists."""
+
+    shape: XYZ
+    data_type: str
+    read_overhead_bytes: int = 0
+
+    @property
+    def size(self) -> XYZ:
+        return self.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.data_type)
+
+    def read(self, box: Box) -> np.ndarray:
+        raise SourceError("a stack given only by its shape has no voxels to read")
+
+    def sub_stack(self, z0: int, z1: int) -> ShapeSource:
+        x, y, _ = self.shape
+        return replace(self, shape=(x, y, z1 - z0))
+
+
+@dataclass(frozen=True)
 class TiffPlanesSource:
     """One 2D TIFF per plane, in the order given (the CLI sorts names alphabetically)."""
 

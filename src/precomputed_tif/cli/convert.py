@@ -32,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--source",
-        required=True,
         help="glob of TIFF planes (sorted alphabetically), a folder of them, "
         "or one multi-page TIFF",
     )
@@ -120,10 +119,56 @@ def build_parser() -> argparse.ArgumentParser:
         "the planes' headers and writes nothing",
     )
     parser.add_argument(
+        "--shape",
+        type=parse_xyz(int),
+        metavar="X,Y,Z",
+        help="with --dry-run instead of --source: plan a stack of this many voxels that does "
+        "not exist yet",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="uint16",
+        help="the voxel type of a --shape stack (default uint16)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace a different volume already in --dest"
     )
     add_log_argument(parser)
     return parser
+
+
+def _shape_source(shape: tuple[int, int, int], dtype: str) -> Any:
+    import numpy as np
+
+    from ..errors import PlanError
+    from ..sources import ShapeSource
+
+    try:
+        np.dtype(dtype)
+    except TypeError as exc:
+        raise PlanError(f"--dtype {dtype!r} is not a numpy type name (uint8, uint16, ...)") from exc
+    if min(shape) < 1:
+        raise PlanError(f"--shape {shape} must be positive in x, y and z")
+    return ShapeSource(shape, np.dtype(dtype).name)
+
+
+def _dask_budget(args: argparse.Namespace, dask: Any, per_worker: int | None) -> Any:
+    """Tasks as large as each worker's memory allows (its own limit unless --memory says)."""
+    from ..convert import Budget
+
+    memory = per_worker if per_worker is not None else dask.memory_per_task()
+    if memory is None:
+        memory = _default_memory()
+    task_bytes = min(max(memory - WORKER_OVERHEAD, 16 * 2**20), DEFAULT_TASK_BYTES)
+    if args.task_memory is not None:
+        task_bytes = min(task_bytes, args.task_memory)
+    log.info(
+        "Dask: %d workers with %.0f MiB each for a task; tasks of at most %.0f MiB",
+        dask.n_workers,
+        memory / 2**20,
+        task_bytes / 2**20,
+    )
+    return Budget(n_workers=dask.n_workers, task_bytes=task_bytes)
 
 
 def _default_memory() -> int:
@@ -203,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         from .. import convert, create_store, open_source, plan_pyramid
-        from ..convert import Budget
         from ..errors import PlanError
         from ..executors import process_pool
         from ..locations import is_remote
@@ -216,15 +260,17 @@ def main(argv: list[str] | None = None) -> int:
             if per_worker is not None and args.dask_workers:
                 per_worker = per_worker // args.dask_workers
             dask = DaskExecutor(args.dask_scheduler, args.dask_workers, per_worker)
-            memory = per_worker if per_worker is not None else _default_memory()
-            args.n_cores = dask.n_workers
-            task_bytes = min(max(memory - WORKER_OVERHEAD, 16 * 2**20), DEFAULT_TASK_BYTES)
-            if args.task_memory is not None:
-                task_bytes = min(task_bytes, args.task_memory)
-            budget = Budget(n_workers=dask.n_workers, task_bytes=task_bytes)
+            budget = _dask_budget(args, dask, per_worker)
         else:
             budget = _budget(args)
-        source = open_source(args.source)
+        if (args.source is None) == (args.shape is None):
+            raise PlanError("give --source (or, with --dry-run, --shape X,Y,Z)")
+        if args.shape is not None:
+            if not args.dry_run:
+                raise PlanError("--shape plans a stack that does not exist: add --dry-run")
+            source = _shape_source(args.shape, args.dtype)
+        else:
+            source = open_source(args.source)
         voxel_size_nm = tuple(int(float(v) * 1000) for v in args.voxel_size)
         pyramid = plan_pyramid(
             source.size,
