@@ -229,3 +229,28 @@ def test_a_missing_bucket_is_one_line(tmp_path, s3, stack_and_planes):
     args = ["--source", planes, "--dest", "s3://no-such-bucket/vol", "--format", "zarr"]
     done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
     assert_one_line_error(done, "s3://no-such-bucket/vol")
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_planes_read_from_s3(tmp_path, s3, compression):
+    """Input planes in a bucket (uncompressed: only the rows a task needs; compressed: strips)."""
+    import fsspec
+
+    stack = random_stack((12, 70, 50), "uint16", seed=37)
+    local_planes = write_planes(tmp_path / "planes", stack, compression=compression)
+    fs = fsspec.filesystem("s3")
+    prefix = f"{BUCKET}/planes-{compression}"
+    for path in sorted((tmp_path / "planes").iterdir()):
+        fs.put_file(str(path), f"{prefix}/{path.name}")
+    local, remote = str(tmp_path / "run_a"), str(tmp_path / "run_b")
+    _convert(local_planes, local, "zarr")
+    _convert(f"s3://{prefix}/*.tif", remote, "zarr")
+    assert _files(remote) == _files(local)
+    assert_every_chunk_equal(remote, reference_pyramid(stack, 4))
+    missing = subprocess.run(
+        [*CLI, "--source", f"s3://{prefix}/*.nothing", "--dest", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_one_line_error(missing, "matches no files")

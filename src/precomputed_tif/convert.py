@@ -25,7 +25,7 @@ from .locations import LocalLocation, WritableLocation
 from .plan import Stage, Task, describe_plan, plan_stages, stage_tasks
 from .pyramid import Pyramid
 from .run import TaskResult, run_task
-from .sources import PlaneSource
+from .sources import PlaneSource, file_size
 from .stores import ChunkStore
 from .stores.base import INFO_NAME, STATE_DIR
 
@@ -53,7 +53,7 @@ def source_fingerprint(source: PlaneSource) -> str:
     for path in getattr(source, "paths", ()) or (getattr(source, "path", ""),):
         if path:
             digest.update(os.path.basename(path).encode())
-            digest.update(str(os.path.getsize(path)).encode())
+            digest.update(str(file_size(path)).encode())
     return digest.hexdigest()
 
 

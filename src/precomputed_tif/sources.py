@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import SourceError
 from .geometry import XYZ, Box
+from .locations import is_remote
 from .pyramid import SUPPORTED_DTYPES
 
 log = logging.getLogger(__name__)
@@ -215,17 +216,39 @@ class _PageRange:
         return _PageRange(self.whole, self.z0 + z0, self.z0 + z1)
 
 
-def _read_plane_region(path: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """Rows y0:y1, columns x0:x1 of a one-plane TIFF, decoding only the strips or tiles needed."""
+def file_size(path: str) -> int:
+    """Bytes in a plane file, local or in an object store."""
+    if is_remote(path):
+        return int(_remote_fs(path).size(path))
+    return os.path.getsize(path)
+
+
+def _tiff(path: str) -> Any:
+    """A TiffFile on a local path, or on an object-store file (read in blocks, on demand)."""
     import tifffile
 
+    if is_remote(path):
+        return tifffile.TiffFile(_remote_fs(path).open(path, "rb", block_size=2**22))
+    return tifffile.TiffFile(path)
+
+
+def _remote_fs(url: str) -> Any:
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)[0]
+
+
+def _read_plane_region(path: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Rows y0:y1, columns x0:x1 of a one-plane TIFF, decoding only the strips or tiles needed."""
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tiff(path) as tif:
             page = tif.pages.first
             dtype = np.dtype(page.dtype)
             if page.is_contiguous and page.compression == 1 and not page.is_tiled:
+                if is_remote(path):
+                    return _read_rows(tif, page, y0, y1, x0, x1)
                 byteorder = "<" if tif.byteorder == "<" else ">"
-                size = os.path.getsize(path)
+                size = file_size(path)
                 offset = int(page.dataoffsets[0])
                 height, width = page.shape[-2], page.shape[-1]
                 if offset + height * width * dtype.itemsize > size:
@@ -246,6 +269,17 @@ def _read_plane_region(path: str, y0: int, y1: int, x0: int, x1: int) -> np.ndar
         raise
     except Exception as exc:  # tifffile and imagecodecs raise many kinds for damaged files
         raise SourceError(f"cannot read plane {path!r}: {exc}") from exc
+
+
+def _read_rows(tif: Any, page: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Rows y0:y1 of an uncompressed plane in a file object: one read of just those rows."""
+    dtype = np.dtype(page.dtype).newbyteorder("<" if tif.byteorder == "<" else ">")
+    width = page.shape[-1]
+    fh = tif.filehandle
+    fh.seek(int(page.dataoffsets[0]) + y0 * width * dtype.itemsize)
+    raw = fh.read((y1 - y0) * width * dtype.itemsize)
+    rows = np.frombuffer(raw, dtype).reshape(y1 - y0, width)
+    return np.array(rows[:, x0:x1], dtype.newbyteorder("="))
 
 
 def _decode_segments(tif: Any, page: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -283,11 +317,10 @@ class _PlaneHeader:
 
 
 def _read_header(path: str) -> _PlaneHeader:
-    import tifffile
 
     try:
-        size = os.path.getsize(path)
-        with tifffile.TiffFile(path) as tif:
+        size = file_size(path)
+        with _tiff(path) as tif:
             page = tif.pages.first
             ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
             if ends and max(ends) > size:
@@ -329,6 +362,8 @@ def open_source(source: str, *, decode_threads: int = 2) -> PlaneSource:
 
     Every plane's header is checked; raises `SourceError` naming the first bad file.
     """
+    if is_remote(source):
+        return _open_planes(_remote_planes(source), decode_threads=decode_threads)
     if os.path.isdir(source):
         paths = sorted(
             os.path.join(source, name)
@@ -346,6 +381,27 @@ def open_source(source: str, *, decode_threads: int = 2) -> PlaneSource:
         if len(paths) == 1:
             return _open_multipage(paths[0])
     return _open_planes(paths, decode_threads=decode_threads)
+
+
+def _remote_planes(source: str) -> list[str]:
+    """The planes of a glob or folder in an object store, as URLs, sorted by name."""
+    try:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(source)
+        if glob.has_magic(source):
+            found = fs.glob(root)
+        else:
+            found = [p for p in fs.ls(root, detail=False) if p.lower().endswith(TIFF_SUFFIXES)]
+    except ImportError as exc:
+        raise SourceError(
+            f"{source!r} needs fsspec and s3fs (or gcsfs): pip install 'precomputed-tif[s3]'"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot list --source {source!r}: {exc}") from exc
+    if not found:
+        raise SourceError(f"--source {source!r} matches no files")
+    return sorted(fs.unstrip_protocol(p) for p in found)
 
 
 def _open_planes(paths: Sequence[str], *, decode_threads: int) -> TiffPlanesSource:
