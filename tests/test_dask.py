@@ -15,7 +15,7 @@ pytest.importorskip("distributed")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["blockfs", "zarr", "precomputed --sharded"])
+@pytest.mark.parametrize("fmt", ["tiff", "zarr", "blockfs", "precomputed", "precomputed --sharded"])
 def test_local_dask_cluster_matches_the_process_pool(tmp_path, fmt):
     stack = random_stack((40, 70, 90), "uint16", seed=17)
     source = write_planes(tmp_path / "planes", stack)
