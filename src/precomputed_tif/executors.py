@@ -68,7 +68,7 @@ class DaskExecutor:
                 threads_per_worker=1,
                 processes=True,
                 memory_limit=memory_per_worker or "auto",
-                dashboard_address=None,
+                dashboard_address=":0",  # any free port: 8787 may be taken by another run
             )
             self.client = Client(self.cluster)
         else:
