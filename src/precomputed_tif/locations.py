@@ -24,6 +24,9 @@ from typing import Any, Protocol
 from .errors import StoreError
 
 LOCAL_SCHEMES = ("", "file")
+# an object store answers a stat in milliseconds, not microseconds: metadata that only changes
+# when a volume is rewritten is looked at again after this long
+REMOTE_RECHECK_SECONDS = 5.0
 HTTP_SCHEMES = ("http", "https")
 
 

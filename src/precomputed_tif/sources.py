@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import SourceError
+from .errors import SourceError, StoreError
 from .geometry import XYZ, Box
-from .locations import is_remote
+from .locations import FsspecLocation, is_remote
 from .pyramid import SUPPORTED_DTYPES
 
 log = logging.getLogger(__name__)
@@ -233,9 +233,14 @@ def _tiff(path: str) -> Any:
 
 
 def _remote_fs(url: str) -> Any:
-    import fsspec
+    return _remote_location(url).fs
 
-    return fsspec.core.url_to_fs(url)[0]
+
+def _remote_location(url: str) -> FsspecLocation:
+    try:
+        return FsspecLocation(url)
+    except StoreError as exc:
+        raise SourceError(str(exc)) from exc
 
 
 def _read_plane_region(path: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -385,18 +390,13 @@ def open_source(source: str, *, decode_threads: int = 2) -> PlaneSource:
 
 def _remote_planes(source: str) -> list[str]:
     """The planes of a glob or folder in an object store, as URLs, sorted by name."""
+    location = _remote_location(source)
+    fs, root = location.fs, location.root
     try:
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(source)
         if glob.has_magic(source):
             found = fs.glob(root)
         else:
             found = [p for p in fs.ls(root, detail=False) if p.lower().endswith(TIFF_SUFFIXES)]
-    except ImportError as exc:
-        raise SourceError(
-            f"{source!r} needs fsspec and s3fs (or gcsfs): pip install 'precomputed-tif[s3]'"
-        ) from exc
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot list --source {source!r}: {exc}") from exc
     if not found:

@@ -18,7 +18,7 @@ from typing import Any
 from ..cache import ByteCache
 from ..errors import StoreError
 from ..geometry import Box
-from ..locations import file_stamp, is_remote, open_writable
+from ..locations import REMOTE_RECHECK_SECONDS, file_stamp, is_remote, open_writable
 from ..pyramid import Pyramid
 from ..stores import ChunkStore, create_store
 from ..stores.base import INFO_NAME, read_info
@@ -27,7 +27,6 @@ from .http import JSON, OCTETS, FileRegion, HttpError, Response, etag_for, http_
 
 log = logging.getLogger(__name__)
 
-REMOTE_RECHECK_SECONDS = 5.0
 Stamp = tuple[int, int] | None
 
 CONTENT_TYPES = {
@@ -65,8 +64,6 @@ class StoreCache:
         with self._lock:
             cached = self._stores.get(key)
         if cached is not None and is_remote(source.directory):
-            # an object store answers a stat in milliseconds, not microseconds: look at the
-            # info file again only every few seconds
             stamp, store, checked = cached
             if time.monotonic() - checked < REMOTE_RECHECK_SECONDS:
                 return store

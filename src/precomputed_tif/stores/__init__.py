@@ -6,6 +6,7 @@ files a level folder holds, so readers and servers need not be told.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 from ..errors import StoreError
@@ -56,9 +57,15 @@ def detect_format(path: str, first_key: str) -> str:
         return "blockfs"
     if level.stamp(ZARRAY) is not None:
         return "zarr"
-    if not is_remote(path) and not os.path.isdir(os.path.join(path, first_key)):
-        raise StoreError(f"{path!r} has no folder for its first level {first_key!r}")
-    if any(name.endswith(".tiff") for name in level.names()[:1000]):
+    if is_remote(path):
+        return "precomputed"  # tiff chunks are only written to folders
+    try:
+        with os.scandir(os.path.join(path, first_key)) as entries:
+            # a level may hold millions of chunk files: the first thousand tell the layout
+            names = [entry.name for entry in itertools.islice(entries, 1000)]
+    except OSError as exc:
+        raise StoreError(f"{path!r} has no folder for its first level {first_key!r}") from exc
+    if any(name.endswith(".tiff") for name in names):
         return "tiff"
     return "precomputed"  # Neuroglancer's own files (or no chunk written yet)
 

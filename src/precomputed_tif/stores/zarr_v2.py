@@ -9,6 +9,7 @@ accepts any v2 array a zarr library wrote: flat or nested keys, any numcodecs co
 from __future__ import annotations
 
 import json
+import time
 from functools import cached_property
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..geometry import Box
-from ..locations import WritableLocation
+from ..locations import REMOTE_RECHECK_SECONDS, WritableLocation, is_remote
 from .base import ChunkStore
 
 ZARRAY = ".zarray"
@@ -65,16 +66,21 @@ class ZarrStore(ChunkStore):
 
     def _meta(self, level: int) -> _ArrayMeta:
         key = self.pyramid.scale(level).key
+        cached = self._metas.get(key)
+        now = time.monotonic()
+        if cached is not None and is_remote(self.path) and now - cached[2] < REMOTE_RECHECK_SECONDS:
+            return cached[1]
         stamp = self.files.stamp(f"{key}/{ZARRAY}")
         if stamp is None:
             raise StoreError(f"level {level} of {self.path!r} has no .zarray")
-        cached = self._metas.get(key)
-        if cached is None or cached[0] != stamp:
-            cached = self._metas[key] = (stamp, _array_meta(self.files, key))
-        return cached[1]
+        meta = cached[1] if cached is not None and cached[0] == stamp else None
+        if meta is None:
+            meta = _array_meta(self.files, key)
+        self._metas[key] = (stamp, meta, now)
+        return meta
 
     @cached_property
-    def _metas(self) -> dict[str, tuple[tuple[int, int], _ArrayMeta]]:
+    def _metas(self) -> dict[str, tuple[tuple[int, int], _ArrayMeta, float]]:
         return {}
 
     def _chunk_key(self, level: int, box: Box, separator: str) -> str:
