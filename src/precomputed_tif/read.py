@@ -3,6 +3,8 @@
 Works for every layout the stores know, whoever wrote the folder. Indexing follows numpy for
 slices with step 1 and integers (negative ones count from the end); a region outside the level
 is clipped the way numpy clips it. Levels are 1-based, like the scale keys ``1_1_1``, ``2_2_2``.
+Index 0 is a level's first stored voxel; its ``voxel_offset`` says where that is (see
+`open_volume`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ class VolumeLevel:
     def shape(self) -> tuple[int, int, int]:
         x, y, z = self.scale.size
         return (z, y, x)
+
+    @property
+    def voxel_offset(self) -> tuple[int, int, int]:
+        """Where this level's first stored voxel sits in Neuroglancer's coordinates (**xyz**,
+        as in ``info``): array index ``[z, y, x]`` is voxel ``(x + ox, y + oy, z + oz)``."""
+        return self.scale.voxel_offset
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -100,5 +108,31 @@ class Volume:
 
 
 def open_volume(path: str, format: str | None = None) -> Volume:
-    """Open the volume folder at `path` (tiff, zarr or blockfs; detected when not given)."""
+    """Open a volume for reading as numpy arrays, one per level.
+
+    Parameters
+    ----------
+    path
+        A folder (tiff, zarr, blockfs or Neuroglancer precomputed layout), a ``file://``,
+        ``http(s)://`` or fsspec URL (``s3://``, ``gs://``); ``precomputed://`` prefixes are
+        accepted.
+    format
+        The layout (``tiff``, ``zarr``, ``blockfs``, ``precomputed``); detected when None.
+
+    Returns
+    -------
+    Volume
+        ``volume[1]`` is full resolution, ``volume[2]`` half, ...; each level is sliced
+        ``[z0:z1, y0:y1, x0:x1]`` in numpy order and reads only the chunks the slice touches.
+
+    Notes
+    -----
+    Index 0 on each axis is the level's first **stored** voxel, as for any numpy array: a
+    level of ``shape`` (Z, Y, X) is indexed ``0..Z-1``, ``0..Y-1``, ``0..X-1`` whatever its
+    ``voxel_offset``. TensorStore and CloudVolume index from the origin of Neuroglancer's
+    coordinates instead, so for a volume whose ``info`` has ``voxel_offset`` ``(ox, oy, oz)``
+    our ``level[z, y, x]`` is their ``[x + ox, y + oy, z + oz]``. Each level exposes that
+    offset (xyz, as in ``info``) as ``level.voxel_offset``; volumes this tool writes have
+    ``(0, 0, 0)``, so the two conventions agree on them.
+    """
     return Volume(open_store(path, format))

@@ -1,0 +1,110 @@
+"""Reading precomputed volumes other tools wrote: voxel offsets, channels, folder-tree layouts.
+
+TensorStore and CloudVolume write the volumes; numpy arrays written by hand are the reference.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import random_stack
+from precomputed_tif import open_volume
+
+# two scales, the second with its own offset (as a downsampled scale of a cropped volume has)
+TS_SCALES = [
+    {"key": "a", "size": [35, 27, 18], "voxel_offset": [100, 37, 5], "resolution": [4, 4, 40]},
+    {"key": "b", "size": [18, 14, 9], "voxel_offset": [50, 18, 2], "resolution": [8, 8, 80]},
+]
+
+
+def _tensorstore_volume(ts, path: str) -> list[np.ndarray]:
+    """Write TS_SCALES with TensorStore; returns each scale's data (z, y, x)."""
+    stacks = []
+    for index, scale in enumerate(TS_SCALES):
+        data = random_stack(tuple(scale["size"][::-1]), "uint16", seed=20 + index)
+        array = ts.open(
+            {
+                "driver": "neuroglancer_precomputed",
+                "kvstore": {"driver": "file", "path": path},
+                "multiscale_metadata": {"type": "image", "data_type": "uint16", "num_channels": 1},
+                "scale_metadata": {
+                    **scale,
+                    "encoding": "raw",
+                    "chunk_size": [16, 8, 4],
+                },
+                "create": True,
+            }
+        ).result()
+        # TensorStore indexes from the offset's origin: the stored box starts at voxel_offset
+        ox, oy, oz = scale["voxel_offset"]
+        sx, sy, sz = scale["size"]
+        array[ox : ox + sx, oy : oy + sy, oz : oz + sz, 0].write(data.transpose(2, 1, 0)).result()
+        stacks.append(data)
+    return stacks
+
+
+def test_voxel_offset_from_tensorstore(tmp_path):
+    ts = pytest.importorskip("tensorstore")
+    path = str(tmp_path / "ts")
+    stacks = _tensorstore_volume(ts, path)
+    volume = open_volume(path)
+    for level, (scale, data) in enumerate(zip(TS_SCALES, stacks), start=1):
+        ours = volume[level]
+        assert ours.voxel_offset == tuple(scale["voxel_offset"])
+        assert ours.shape == data.shape
+        # index 0 is the first stored voxel, whatever the offset
+        np.testing.assert_array_equal(ours[:, :, :], data)
+        np.testing.assert_array_equal(ours[3:8, 5:12, 7:15], data[3:8, 5:12, 7:15])
+        # ... which TensorStore reads at the offset's coordinates
+        ox, oy, oz = ours.voxel_offset
+        theirs = ts.open(
+            {
+                "driver": "neuroglancer_precomputed",
+                "kvstore": {"driver": "file", "path": path},
+                "scale_index": level - 1,
+            }
+        ).result()
+        window = np.asarray(theirs[ox + 7 : ox + 15, oy + 5 : oy + 12, oz + 3 : oz + 8, 0])
+        np.testing.assert_array_equal(ours[3:8, 5:12, 7:15], window.transpose(2, 1, 0))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_voxel_offset_from_cloudvolume(tmp_path):
+    cloudvolume = pytest.importorskip("cloudvolume")
+    data = random_stack((12, 21, 30), "uint8", seed=5)  # z, y, x
+    offset = (64, 9, 3)
+    info = cloudvolume.CloudVolume.create_new_info(
+        num_channels=1,
+        layer_type="image",
+        data_type="uint8",
+        encoding="raw",
+        resolution=[4, 4, 40],
+        voxel_offset=list(offset),
+        chunk_size=[16, 16, 8],
+        volume_size=list(data.shape[::-1]),
+    )
+    path = "file://" + str(tmp_path / "cv")
+    vol = cloudvolume.CloudVolume(path, info=info, progress=False)
+    vol.commit_info()
+    ox, oy, oz = offset
+    vol[ox : ox + 30, oy : oy + 21, oz : oz + 12] = data.transpose(2, 1, 0)
+    level = open_volume(str(tmp_path / "cv"))[1]
+    assert level.voxel_offset == offset
+    np.testing.assert_array_equal(level[:, :, :], data)
+    cv_window = np.asarray(vol[ox + 4 : ox + 25, oy + 2 : oy + 11, oz + 1 : oz + 10])[..., 0]
+    np.testing.assert_array_equal(level[1:10, 2:11, 4:25], cv_window.transpose(2, 1, 0))
+
+
+def test_our_volumes_have_zero_offset(tmp_path):
+    from conftest import convert_stack, write_planes
+
+    stack = random_stack((6, 10, 12), "uint8", seed=2)
+    dest = str(tmp_path / "v")
+    convert_stack(write_planes(tmp_path / "planes", stack), dest, "zarr", chunk=(8, 8, 8))
+    volume = open_volume(dest)
+    assert all(level.voxel_offset == (0, 0, 0) for level in volume)
+    info = json.loads((tmp_path / "v" / "info").read_text())
+    assert [s["voxel_offset"] for s in info["scales"]] == [[0, 0, 0]] * len(volume)
