@@ -108,3 +108,62 @@ def test_our_volumes_have_zero_offset(tmp_path):
     assert all(level.voxel_offset == (0, 0, 0) for level in volume)
     info = json.loads((tmp_path / "v" / "info").read_text())
     assert [s["voxel_offset"] for s in info["scales"]] == [[0, 0, 0]] * len(volume)
+
+
+# --- several channels: (z, y, x, c) ---------------------------------------------------------
+
+CHANNEL_CASES = [
+    ("raw", "uint16", 2, None),
+    ("raw", "float32", 3, "sharded"),
+    ("png", "uint8", 2, None),
+    ("jpeg", "uint8", 3, None),
+]
+
+
+@pytest.mark.parametrize("encoding, dtype, channels, sharding", CHANNEL_CASES)
+def test_channels_written_by_tensorstore(tmp_path, encoding, dtype, channels, sharding):
+    ts = pytest.importorskip("tensorstore")
+    z, y, x = np.mgrid[0:10, 0:21, 0:30]
+    # smooth, different per channel: jpeg is lossy, a smooth image keeps its error small
+    data = np.stack(
+        [(90 + 50 * np.sin(x / (4 + c)) * np.cos(y / 5) + 3 * z + 20 * c) for c in range(channels)],
+        axis=-1,
+    ).astype(dtype)  # z, y, x, c
+    scale: dict = {
+        "encoding": encoding,
+        "chunk_size": [16, 8, 4],
+        "resolution": [4, 4, 40],
+        "size": [30, 21, 10],
+        "voxel_offset": [0, 0, 0],
+    }
+    if sharding:
+        scale["sharding"] = {
+            "@type": "neuroglancer_uint64_sharded_v1",
+            "preshift_bits": 0,
+            "hash": "identity",
+            "minishard_bits": 1,
+            "shard_bits": 1,
+            "minishard_index_encoding": "gzip",
+            "data_encoding": "gzip",
+        }
+    array = ts.open(
+        {
+            "driver": "neuroglancer_precomputed",
+            "kvstore": {"driver": "file", "path": str(tmp_path / "ts")},
+            "multiscale_metadata": {"type": "image", "data_type": dtype, "num_channels": channels},
+            "scale_metadata": scale,
+            "create": True,
+        }
+    ).result()
+    array.write(data.transpose(2, 1, 0, 3)).result()  # TensorStore: x, y, z, c
+    truth = np.asarray(array.read().result()).transpose(2, 1, 0, 3)  # what it decodes
+    if encoding != "jpeg":
+        np.testing.assert_array_equal(truth, data)
+    level = open_volume(str(tmp_path / "ts"))[1]
+    assert level.shape == (10, 21, 30, channels) and level.ndim == 4 and level.channels == channels
+    np.testing.assert_array_equal(level[:, :, :], truth)
+    np.testing.assert_array_equal(level[2:7, 3:19, 5:27], truth[2:7, 3:19, 5:27])
+    np.testing.assert_array_equal(level[4], truth[4])  # a z plane, every channel
+    np.testing.assert_array_equal(level[2:7, 3:19, 5:27, 1], truth[2:7, 3:19, 5:27, 1])
+    np.testing.assert_array_equal(level[:, 5, :, -1], truth[:, 5, :, -1])
+    np.testing.assert_array_equal(np.asarray(level), truth)

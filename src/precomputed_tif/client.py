@@ -35,7 +35,7 @@ class ArrayReader:
         self.level = level
 
     @property
-    def shape(self) -> tuple[int, int, int]:
+    def shape(self) -> tuple[int, ...]:
         return self._level.shape
 
     @property

@@ -32,9 +32,15 @@ class VolumeLevel:
         return self.store.pyramid.scale(self.level)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
+    def channels(self) -> int:
+        """The info's ``num_channels``: 1 for every volume this tool writes."""
+        return self.store.pyramid.num_channels
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(z, y, x); (z, y, x, c) when the volume has several channels."""
         x, y, z = self.scale.size
-        return (z, y, x)
+        return (z, y, x, self.channels) if self.channels > 1 else (z, y, x)
 
     @property
     def voxel_offset(self) -> tuple[int, int, int]:
@@ -48,14 +54,15 @@ class VolumeLevel:
 
     @property
     def ndim(self) -> int:
-        return 3
+        return len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if not isinstance(key, tuple):
             key = (key,)
-        if len(key) > 3:
-            raise IndexError(f"too many indices for a 3-D level: {len(key)}")
-        key = key + (slice(None),) * (3 - len(key))
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices for a {self.ndim}-D level: {len(key)}")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        key, channel = key[:3], key[3:]
         bounds = []
         squeeze = []
         for axis, (k, n) in enumerate(zip(key, self.shape)):
@@ -74,6 +81,8 @@ class VolumeLevel:
                 raise IndexError(f"unsupported index {k!r}: use integers and slices")
         (z0, z1), (y0, y1), (x0, x1) = bounds
         data = self.store.read_region(self.level, Box((x0, y0, z0), (x1, y1, z1)))
+        if channel:
+            data = data[(slice(None),) * 3 + channel]
         return data.squeeze(axis=tuple(squeeze)) if squeeze else data
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -124,6 +133,10 @@ def open_volume(path: str, format: str | None = None) -> Volume:
     Volume
         ``volume[1]`` is full resolution, ``volume[2]`` half, ...; each level is sliced
         ``[z0:z1, y0:y1, x0:x1]`` in numpy order and reads only the chunks the slice touches.
+        A volume of several channels (``num_channels`` > 1 in its info, written by other tools)
+        has a trailing channel axis: shape (z, y, x, c), sliced ``[z0:z1, y0:y1, x0:x1, c]``
+        (TensorStore's and CloudVolume's (x, y, z, c) with the spatial axes reversed), so code
+        written for one channel keeps its meaning; single-channel levels stay (z, y, x).
 
     Notes
     -----

@@ -118,6 +118,7 @@ class PrecomputedStore(ChunkStore):
             box.numpy_shape,
             self.pyramid.dtype,
             block_size=scale.segmentation_block_size or (8, 8, 8),
+            channels=self.pyramid.num_channels,
         )
         self._cache.put((level, box), data, data.nbytes)
         return data
