@@ -167,3 +167,68 @@ def test_channels_written_by_tensorstore(tmp_path, encoding, dtype, channels, sh
     np.testing.assert_array_equal(level[2:7, 3:19, 5:27, 1], truth[2:7, 3:19, 5:27, 1])
     np.testing.assert_array_equal(level[:, 5, :, -1], truth[:, 5, :, -1])
     np.testing.assert_array_equal(np.asarray(level), truth)
+
+
+# --- neuroglancer-scripts' folder tree: key/x0-x1/y0-y1/z0-z1 ---------------------------------
+
+
+def _write_tree_volume(folder, data, chunk, *, gzipped, offset=(0, 0, 0), skip=()):
+    """The layout neuroglancer-scripts writes by default ("flat": false, gzip on), by hand."""
+    import gzip
+    import os
+
+    nz, ny, nx = data.shape
+    info = {
+        "@type": "neuroglancer_multiscale_volume",
+        "type": "image",
+        "data_type": data.dtype.name,
+        "num_channels": 1,
+        "scales": [
+            {
+                "key": "full",
+                "size": [nx, ny, nz],
+                "resolution": [1000, 1000, 1000],
+                "voxel_offset": list(offset),
+                "chunk_sizes": [list(chunk)],
+                "encoding": "raw",
+            }
+        ],
+    }
+    os.makedirs(folder)
+    (folder / "info").write_text(json.dumps(info))
+    cx, cy, cz = chunk
+    ox, oy, oz = offset
+    written = 0
+    for z0 in range(0, nz, cz):
+        for y0 in range(0, ny, cy):
+            for x0 in range(0, nx, cx):
+                if (x0, y0, z0) in skip:
+                    continue
+                z1, y1, x1 = min(z0 + cz, nz), min(y0 + cy, ny), min(x0 + cx, nx)
+                path = folder.joinpath(
+                    "full", f"{x0 + ox}-{x1 + ox}", f"{y0 + oy}-{y1 + oy}", f"{z0 + oz}-{z1 + oz}"
+                )
+                path.parent.mkdir(parents=True, exist_ok=True)
+                blob = np.ascontiguousarray(data[z0:z1, y0:y1, x0:x1]).astype("<u2").tobytes()
+                if gzipped:
+                    path = path.with_name(path.name + ".gz")
+                    blob = gzip.compress(blob)
+                path.write_bytes(blob)
+                written += 1
+    return written
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_neuroglancer_scripts_folder_tree(tmp_path, gzipped):
+    data = random_stack((13, 22, 37), "uint16", seed=9)
+    skip = {(16, 8, 0)}  # a chunk never written reads as zeros, as in the flat layout
+    assert _write_tree_volume(
+        tmp_path / "ngs", data, (16, 8, 4), gzipped=gzipped, offset=(5, 0, 2), skip=skip
+    )
+    want = data.copy()
+    want[0:4, 8:16, 16:32] = 0
+    level = open_volume(str(tmp_path / "ngs"))[1]
+    assert level.voxel_offset == (5, 0, 2)
+    np.testing.assert_array_equal(level[:, :, :], want)
+    np.testing.assert_array_equal(level[3:11, 2:20, 9:30], want[3:11, 2:20, 9:30])
+    assert open_volume(str(tmp_path / "ngs")).format == "precomputed"

@@ -1,7 +1,8 @@
 """``--format precomputed``: Neuroglancer's own layout, readable by every tool of the field.
 
 Unsharded: one file per chunk, ``R_R_R/x0-x1_y0-y1_z0-z1`` (``.gz`` appended when written with
-gzip, which our servers send as ``Content-Encoding: gzip``), in the scale's encoding. Sharded
+gzip, which our servers send as ``Content-Encoding: gzip``), in the scale's encoding; the
+folder tree ``x0-x1/y0-y1/z0-z1`` that neuroglancer-scripts writes by default is read too. Sharded
 scales (``neuroglancer_uint64_sharded_v1``) are read here; the converter writes them a shard at a
 time. Reading works the same from a folder or an ``http(s)://`` URL: chunks are fetched
 concurrently and decoded chunks are kept in a bounded cache.
@@ -56,6 +57,11 @@ class PrecomputedStore(ChunkStore):
     def _level_locations(self) -> dict[str, Location]:
         return {}
 
+    @cached_property
+    def _tree_levels(self) -> dict[int, bool]:
+        """Per level, once a chunk was found: whether it uses the folder-tree layout."""
+        return {}
+
     def _level_location(self, key: str) -> Location:
         location = self._level_locations.get(key)
         if location is None:
@@ -102,7 +108,21 @@ class PrecomputedStore(ChunkStore):
             index = [a // c for a, c in zip(box.start, scale.chunk_size)]
             key = int(compressed_morton_codes(np.array([index]), scale.grid_shape)[0])
             return reader.get(key)
-        return self._level_location(scale.key).read(self.chunk_name(level, box))
+        location = self._level_location(scale.key)
+        name = self.chunk_name(level, box)
+        tree = self._tree_levels.get(level)
+        if not tree:
+            blob = location.read(name)
+            if blob is not None or tree is False or url_scheme(self.path) in HTTP_SCHEMES:
+                if blob is not None:
+                    self._tree_levels[level] = False
+                return blob
+        # neuroglancer-scripts' default layout, x0-x1/y0-y1/z0-z1 (web servers map it to the
+        # flat names Neuroglancer asks for, so only folders and buckets hold it)
+        blob = location.read(name.replace("_", "/"))
+        if blob is not None:
+            self._tree_levels[level] = True
+        return blob
 
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         cached = self._cache[(level, box)]
