@@ -340,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         bars.close()
         log.info("done: %s", args.dest)
+        if args.gzip:
+            from ..stores.precomputed import gzip_note
+
+            log.info("--gzip: %s", gzip_note(dest))
         return 0
 
     return run_command(work, "precomputed-tif")
