@@ -120,9 +120,9 @@ CHANNEL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("encoding, dtype, channels, sharding", CHANNEL_CASES)
-def test_channels_written_by_tensorstore(tmp_path, encoding, dtype, channels, sharding):
-    ts = pytest.importorskip("tensorstore")
+def _tensorstore_channels(ts, path, encoding, dtype, channels, sharding=None) -> np.ndarray:
+    """A (10, 21, 30) volume of `channels` written by TensorStore; what it reads back (z, y, x,
+    c)."""
     z, y, x = np.mgrid[0:10, 0:21, 0:30]
     # smooth, different per channel: jpeg is lossy, a smooth image keeps its error small
     data = np.stack(
@@ -130,6 +130,7 @@ def test_channels_written_by_tensorstore(tmp_path, encoding, dtype, channels, sh
         axis=-1,
     ).astype(dtype)  # z, y, x, c
     scale: dict = {
+        "key": "1_1_1",  # the original client API (precomputed-save) names levels so
         "encoding": encoding,
         "chunk_size": [16, 8, 4],
         "resolution": [4, 4, 40],
@@ -149,7 +150,7 @@ def test_channels_written_by_tensorstore(tmp_path, encoding, dtype, channels, sh
     array = ts.open(
         {
             "driver": "neuroglancer_precomputed",
-            "kvstore": {"driver": "file", "path": str(tmp_path / "ts")},
+            "kvstore": {"driver": "file", "path": path},
             "multiscale_metadata": {"type": "image", "data_type": dtype, "num_channels": channels},
             "scale_metadata": scale,
             "create": True,
@@ -159,6 +160,13 @@ def test_channels_written_by_tensorstore(tmp_path, encoding, dtype, channels, sh
     truth = np.asarray(array.read().result()).transpose(2, 1, 0, 3)  # what it decodes
     if encoding != "jpeg":
         np.testing.assert_array_equal(truth, data)
+    return truth
+
+
+@pytest.mark.parametrize("encoding, dtype, channels, sharding", CHANNEL_CASES)
+def test_channels_written_by_tensorstore(tmp_path, encoding, dtype, channels, sharding):
+    ts = pytest.importorskip("tensorstore")
+    truth = _tensorstore_channels(ts, str(tmp_path / "ts"), encoding, dtype, channels, sharding)
     level = open_volume(str(tmp_path / "ts"))[1]
     assert level.shape == (10, 21, 30, channels) and level.ndim == 4 and level.channels == channels
     np.testing.assert_array_equal(level[:, :, :], truth)
@@ -232,3 +240,22 @@ def test_neuroglancer_scripts_folder_tree(tmp_path, gzipped):
     np.testing.assert_array_equal(level[:, :, :], want)
     np.testing.assert_array_equal(level[3:11, 2:20, 9:30], want[3:11, 2:20, 9:30])
     assert open_volume(str(tmp_path / "ngs")).format == "precomputed"
+
+
+def test_precomputed_save_refuses_several_channels(tmp_path):
+    import subprocess
+    import sys
+
+    from test_cli import assert_one_line_error
+
+    ts = pytest.importorskip("tensorstore")
+    _tensorstore_channels(ts, str(tmp_path / "ts"), "raw", "uint8", 2)
+    done = subprocess.run(
+        [sys.executable, "-m", "precomputed_tif.cli.save", "--url", str(tmp_path / "ts")]
+        + ["--output", str(tmp_path / "z.tif"), "--coordinate", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_one_line_error(done, "2 channels")
+    assert not (tmp_path / "z.tif").exists()
