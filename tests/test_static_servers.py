@@ -168,3 +168,45 @@ def test_nginx_serves_a_gzip_volume_with_the_readme_lines(tmp_path, gzip_volume)
         assert server.get("/plain/brain/info", {}).status == 200
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_viewer_shows_a_gzip_volume_served_by_nginx(tmp_path):
+    """Neuroglancer in headless Chromium, reading the name.gz chunks through nginx."""
+    import json
+    import urllib.parse
+
+    from test_serve_cli import (
+        RunningServer,
+        _need_browser,
+        _screenshots,
+        _stardist_volume,
+        _volume_in_screenshot,
+        _xy_view,
+    )
+
+    _need_browser()
+    stack, dest = _stardist_volume(tmp_path, "--format", "precomputed", "--gzip")
+    assert all(n.endswith(".gz") for n in os.listdir(os.path.join(dest, "1_1_1")))
+    nginx = Nginx(tmp_path / "nginx", os.path.dirname(dest))
+    viewer = RunningServer("-d", dest, "--viewer", log="WARNING")  # hands out the client
+    best = 0.0
+    try:
+        link = viewer.viewer_line.split("Viewer: ", 1)[1].strip()
+        state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
+        state["layers"][0]["source"] = f"precomputed://{nginx.url}/gz/{os.path.basename(dest)}"
+        low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
+        link = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
+        z = 15
+        expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
+        for image in _screenshots(_xy_view(link, z), tmp_path / "shots"):
+            seen = _volume_in_screenshot(image, stack.shape[1:])
+            if seen is None or seen.std() < 5:
+                continue  # no outline, or a uniform (black) panel
+            best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
+            if best > 0.9:
+                break
+    finally:
+        viewer.stop()
+        nginx.stop()
+    assert best > 0.9, f"the --gzip volume served by nginx does not show: {best:.2f}"
