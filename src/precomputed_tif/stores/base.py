@@ -95,6 +95,12 @@ class ChunkStore(ABC):
     def finish_level(self, level: int) -> None:
         """Called once every task of the level is committed."""
 
+    def discard_level_work(self, level: int) -> None:
+        """Forget unfinished work on `level` (part files, commit logs) before making it anew.
+
+        Layouts that write every chunk in place have nothing to forget.
+        """
+
     @abstractmethod
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
         """Store one whole chunk (edge chunks clipped) of `level`; `data` is (z, y, x)."""

@@ -327,6 +327,16 @@ class BlockfsStore(ChunkStore):
         )
         os.unlink(data_path)
 
+    def discard_level_work(self, level: int) -> None:
+        # the directory goes first: a level being remade must not look finished meanwhile
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory_path(level))
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.level_path(level)):
+                if name.startswith(DIRECTORY_NAME + "."):  # block files, ours or the original's
+                    os.unlink(os.path.join(self.level_path(level), name))
+        shutil.rmtree(self._state_path(level), ignore_errors=True)
+
     def finish_level(self, level: int) -> None:
         scale = self.pyramid.scale(level)
         metadata = self.metadata(level)
