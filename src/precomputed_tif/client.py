@@ -98,7 +98,9 @@ class Info:
         KeyError
             (`LevelNotFoundError`) when the volume has no such scale.
         """
-        factors = (level, level, level) if np.isscalar(level) else tuple(level)  # type: ignore[arg-type]
+        factors: tuple[Any, ...] = (
+            tuple(level) if isinstance(level, (tuple, list, np.ndarray)) else (level,) * 3
+        )
         key = "_".join(str(int(f)) for f in factors)
         for scale in self.d["scales"]:
             if scale["key"] == key:
@@ -189,9 +191,7 @@ def get_ngff_info(url: str) -> Info:
                 "voxel_offset": [0, 0, 0],
             }
         )
-    info = Info(
-        {"data_type": data_type, "num_channels": 1, "type": "image", "scales": scales}
-    )
+    info = Info({"data_type": data_type, "num_channels": 1, "type": "image", "scales": scales})
     with _lock:
         _infos["ngff:" + base] = info
     return info
@@ -309,9 +309,9 @@ class ArrayReader:
         lo = (max(x0, 0), max(y0, 0), max(z0, 0))
         hi = (min(x1, sx), min(y1, sy), min(z1, sz))
         if all(a < b for a, b in zip(lo, hi)):
-            out[
-                lo[2] - z0 : hi[2] - z0, lo[1] - y0 : hi[1] - y0, lo[0] - x0 : hi[0] - x0
-            ] = self._level[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+            out[lo[2] - z0 : hi[2] - z0, lo[1] - y0 : hi[1] - y0, lo[0] - x0 : hi[0] - x0] = (
+                self._level[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+            )
         return out
 
     def __getitem__(self, key: Any) -> np.ndarray:
