@@ -229,3 +229,4 @@ class Directory:
                 source.close()
         self.store.write_directory(self.level, offsets, sizes)
         shutil.rmtree(self._parts_dir, ignore_errors=True)
+        self.store.remove_empty_state()

@@ -318,10 +318,7 @@ def make_levels(
             store.discard_level_work(level)
         yield _start_stage(source, store, stage, executor, budget.n_workers)
         store.files.remove(done_log)  # nothing to resume: the next call starts afresh anyway
-    if isinstance(store.files, LocalLocation):
-        for folder in ("blockfs", ""):  # left empty by the stages above, unless a run is kept
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(store.files.path, STATE_DIR, folder))
+    store.remove_empty_state()
 
 
 def _consume(stage_run: StageRun, pyramid: Pyramid, progress: Progress | None) -> None:

@@ -332,7 +332,9 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
                     resume=args.resume,
                     overwrite=args.overwrite,
                 )
-                drive_with_tqdm(stage_runs, show=log.getEffectiveLevel() <= logging.INFO)
+                # the caller's own logging set-up (if any) does not hide the bars; --log does
+                show = logging.getLevelName(args.log) <= logging.INFO
+                drive_with_tqdm(stage_runs, show=show)
             return 0
         bars = _Bars(enabled=sys.stderr.isatty() and log.getEffectiveLevel() <= logging.INFO)
         try:
