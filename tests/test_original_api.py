@@ -313,7 +313,9 @@ def test_main_bad_arguments_exit_other_errors_raise(tmp_path, capsys):
         original_main.main(["--source", str(tmp_path / "none*.tif"), "--dest", str(tmp_path / "y")])
 
 
-def test_cancelled_progress_leaves_a_volume_resume_finishes(tmp_path, stack_and_planes, monkeypatch):
+def test_cancelled_progress_leaves_a_volume_resume_finishes(
+    tmp_path, stack_and_planes, monkeypatch
+):
     """The UI's cancel button raises KeyboardInterrupt inside the tqdm loop."""
     _, planes, _ = stack_and_planes
 
