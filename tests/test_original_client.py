@@ -243,3 +243,26 @@ def test_missing_level_is_a_key_error(volumes):
     with pytest.raises(LevelNotFoundError, match="no scale 8_8_8") as error:
         ArrayReader(dests["blockfs"], format="blockfs", level=8)
     assert isinstance(error.value, KeyError) and isinstance(error.value, OSError)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_ngff_info_from_the_multiscales(tmp_path, zarr_format):
+    """OME-Zarr 0.4 (Zarr v2, ``.zattrs``) and 0.5 (Zarr v3, ``ome`` in ``zarr.json``), written
+    by zarr-python: one scale per dataset, with the arrays' own type (the original always
+    said uint16)."""
+    zarr = pytest.importorskip("zarr")
+    path = str(tmp_path / "image.ome.zarr")
+    group = zarr.open_group(path, mode="w", zarr_format=zarr_format)
+    multiscales = [{"version": "0.4", "datasets": [{"path": "0"}, {"path": "1"}]}]
+    if zarr_format == 2:
+        group.attrs["multiscales"] = multiscales
+    else:
+        group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
+    for name, shape in (("0", (1, 1, 10, 20, 30)), ("1", (1, 1, 5, 10, 15))):
+        group.create_array(name, shape=shape, chunks=(1, 1, 8, 8, 8), dtype="uint8")
+    from precomputed_tif.client import get_ngff_info
+
+    info = get_ngff_info(Path(path).as_uri())
+    assert info.data_type == np.uint8
+    assert [s.key for s in info.scales] == ["1_1_1", "2_2_2"]
+    assert info.get_scale(2).shape == [15, 10, 5] and info.get_scale(1).chunk_sizes == [8, 8, 8]
