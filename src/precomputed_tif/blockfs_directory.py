@@ -32,6 +32,7 @@ from .stores.blockfs import (
 
 # one record per written block in a part's index: which block, where in the part, and when
 _RECORD = np.dtype([("block", "<i8"), ("offset", "<i8"), ("size", "<i8"), ("order", "<i8")])
+_LATEST = np.dtype(_RECORD.descr + [("part", "<i8")])
 
 
 @dataclass
@@ -155,29 +156,31 @@ class Directory:
     def __setitem__(self, key: tuple[slice, slice, slice], value: np.ndarray) -> None:
         self.write_block(value, key[2].start, key[1].start, key[0].start)
 
-    def _records(self) -> list[tuple[str, np.ndarray]]:
+    def _latest(self) -> tuple[list[str], np.ndarray]:
+        """The part files, and each written block's last record, in block order (fields of
+        `_RECORD` plus ``part``, an index into the part files)."""
         try:
             names = sorted(n for n in os.listdir(self._parts_dir) if n.endswith(".index"))
         except FileNotFoundError:
-            return []
-        out = []
-        for name in names:
+            names = []
+        paths, tables = [], []
+        for part, name in enumerate(names):
             base = os.path.join(self._parts_dir, name[: -len(".index")])
             with open(base + ".index", "rb") as f:
                 raw = f.read()
             whole = len(raw) // _RECORD.itemsize * _RECORD.itemsize  # a torn last record
-            out.append((base + ".blocks", np.frombuffer(raw[:whole], _RECORD)))
-        return out
-
-    def _latest(self) -> dict[int, tuple[str, int, int]]:
-        """Each written block's last frame: block index -> (part file, offset, size)."""
-        found: dict[int, tuple[int, str, int, int]] = {}
-        for path, records in self._records():
-            for r in records:
-                block, order = int(r["block"]), int(r["order"])
-                if block not in found or found[block][0] <= order:
-                    found[block] = (order, path, int(r["offset"]), int(r["size"]))
-        return {block: (path, offset, size) for block, (_, path, offset, size) in found.items()}
+            records = np.frombuffer(raw[:whole], _RECORD)
+            table = np.zeros(len(records), _LATEST)
+            for name_ in _RECORD.names or ():
+                table[name_] = records[name_]
+            table["part"] = part
+            paths.append(base + ".blocks")
+            tables.append(table)
+        table = np.concatenate(tables) if tables else np.zeros(0, _LATEST)
+        table = table[np.lexsort((table["order"], table["block"]))]
+        last = np.ones(len(table), bool)
+        last[:-1] = table["block"][:-1] != table["block"][1:]  # a block written again: the last
+        return paths, table[last]
 
     def read_block(self, x: int, y: int, z: int) -> np.ndarray:
         """The (z, y, x) block whose corner is (x, y, z); zeros if it was never written."""
@@ -185,13 +188,13 @@ class Directory:
 
         box = self._block_box(int(x), int(y), int(z))
         if os.path.exists(self._parts_dir) or not os.path.exists(self.directory_filename):
-            where = self._latest().get(self.store.block_index(self.level, box))
-            if where is None:
+            paths, latest = self._latest()
+            found = latest[latest["block"] == self.store.block_index(self.level, box)]
+            if not len(found):
                 return np.zeros(box.numpy_shape, self.dtype)
-            path, offset, size = where
-            with open(path, "rb") as f:
-                f.seek(offset)
-                raw = numcodecs.blosc.decompress(f.read(size))
+            with open(paths[int(found["part"][0])], "rb") as f:
+                f.seek(int(found["offset"][0]))
+                raw = numcodecs.blosc.decompress(f.read(int(found["size"][0])))
             return np.frombuffer(raw, self.dtype).reshape(box.numpy_shape)
         block = open_directory(self.directory_filename).read_block(x, y, z)
         return np.zeros(box.numpy_shape, self.dtype) if block is None else block
@@ -206,27 +209,25 @@ class Directory:
             self._part = None
         if not os.path.exists(self._parts_dir):
             return  # closed before, or never written
-        latest = self._latest()
+        paths, latest = self._latest()
         n_blocks = self.store.pyramid.scale(self.level).n_chunks
         offsets = np.zeros(n_blocks, np.uint64)
         sizes = np.zeros(n_blocks, np.uint64)
-        sources: dict[str, Any] = {}
+        sizes[latest["block"]] = latest["size"]
+        offsets[latest["block"]] = np.cumsum(latest["size"]) - latest["size"]
+        parts = [open(path, "rb") for path in paths]
         try:
             with open(self.block_filenames[0], "wb") as out:
-                for block in sorted(latest):
-                    path, offset, size = latest[block]
-                    source = sources.get(path)
-                    if source is None:
-                        source = sources[path] = open(path, "rb")
-                    source.seek(offset)
-                    offsets[block] = out.tell()
-                    sizes[block] = size
-                    out.write(source.read(size))
+                for part, offset, size in zip(
+                    latest["part"].tolist(), latest["offset"].tolist(), latest["size"].tolist()
+                ):
+                    parts[part].seek(offset)
+                    out.write(parts[part].read(size))
                 out.flush()
                 os.fsync(out.fileno())
         finally:
-            for source in sources.values():
-                source.close()
+            for f in parts:
+                f.close()
         self.store.write_directory(self.level, offsets, sizes)
         shutil.rmtree(self._parts_dir, ignore_errors=True)
         self.store.remove_empty_state()
