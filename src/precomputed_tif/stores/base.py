@@ -9,6 +9,7 @@ bytes on disk never depend on which task finished first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -96,9 +97,24 @@ class ChunkStore(ABC):
     def finish_level(self, level: int) -> None:
         """Called once every task of the level is committed."""
 
+    def discard_level_work(self, level: int) -> None:
+        """Forget unfinished work on `level` (part files, commit logs) before making it anew.
+
+        Layouts that write every chunk in place have nothing to forget.
+        """
+
     @abstractmethod
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
         """Store one whole chunk (edge chunks clipped) of `level`; `data` is (z, y, x)."""
+
+    def remove_empty_state(self) -> None:
+        """Remove the folders of run state that nothing is left in (local volumes only)."""
+        if is_remote(self.path):
+            return
+        root = os.path.join(self.path, STATE_DIR)
+        for folder, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # fails, as it should, on folders that still hold files
 
     def write_info(self) -> None:
         self.files.write(INFO_NAME, self.pyramid.info_bytes())
