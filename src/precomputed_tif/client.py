@@ -291,8 +291,8 @@ class ArrayReader:
         self._level = _open_level(url, self.scale.key)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """(z, y, x), numpy's order."""
+    def shape(self) -> tuple[int, ...]:
+        """(z, y, x), numpy's order; (z, y, x, c) for a volume of several channels."""
         return self._level.shape
 
     @property

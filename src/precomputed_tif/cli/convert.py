@@ -359,6 +359,10 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             return 130
         bars.close()
         log.info("done: %s", args.dest)
+        if args.gzip:
+            from ..stores.precomputed import gzip_note
+
+            log.info("--gzip: %s", gzip_note(dest))
         return 0
 
     return work() if in_process else run_command(work, "precomputed-tif")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..encodings import encode_chunk
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
 from ..locations import WritableLocation, is_remote, open_location, open_writable
@@ -131,7 +132,7 @@ class ChunkStore(ABC):
         data = self.read_chunk(level, box)
         if data is None:
             return None
-        return np.ascontiguousarray(data, data.dtype.newbyteorder("<")).tobytes()
+        return encode_chunk(data, "raw")
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
         """What changes when the chunk's bytes change (file times, sizes), or None if missing.
@@ -146,9 +147,11 @@ class ChunkStore(ABC):
         return [self.read_chunk(level, box) for box in boxes]
 
     def read_region(self, level: int, box: Box) -> np.ndarray:
-        """Any box of `level` as a (z, y, x) array; unwritten chunks and outside read as zero."""
+        """Any box of `level` as a (z, y, x) array, (z, y, x, c) for several channels; unwritten
+        chunks and outside read as zero."""
         scale = self.pyramid.scale(level)
-        out = np.zeros(box.numpy_shape, self.pyramid.dtype)
+        channels = self.pyramid.num_channels
+        out = np.zeros(box.numpy_shape + ((channels,) if channels > 1 else ()), self.pyramid.dtype)
         chunks = [chunk for _, chunk in chunks_in(box, scale.chunk_size, scale.size)]
         for chunk, data in zip(chunks, self.read_chunks(level, chunks)):
             if data is None:
