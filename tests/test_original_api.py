@@ -337,3 +337,46 @@ def test_cancelled_progress_leaves_a_volume_resume_finishes(
     whole = str(tmp_path / "whole")
     original_main.main(main_args(planes, whole) + ["--task-memory", "200K"])
     assert_same_files(dest, whole)
+
+
+def _write_blocks(directory, volume: np.ndarray, starts: list[tuple[int, int, int]]) -> int:
+    for z, y, x in starts:
+        dz, dy, dx = directory.get_block_size(x, y, z)
+        directory.write_block(volume[z : z + dz, y : y + dy, x : x + dx], x, y, z)
+    return len(starts)
+
+
+def test_directory_pickles_to_other_processes(tmp_path, stack_and_planes):
+    """Handed to a spawned (not forked) worker, the directory writes there just the same."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    stack, _, _ = stack_and_planes
+    blockfs = BlockfsStack(stack.shape, str(tmp_path / "v"), chunk_size=(CHUNK,) * 3)
+    blockfs.write_info_file(2, (1800, 1800, 2000))
+    directory = blockfs.make_l1_directory(2)
+    directory.create()
+    starts = list(itertools.product(range(0, 40, CHUNK), range(0, 50, CHUNK), range(0, 70, CHUNK)))
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        halves = [starts[::2], starts[1::2]]
+        assert sum(pool.map(_write_blocks, [directory] * 2, [stack] * 2, halves)) == len(starts)
+    directory.close()
+    blockfs.write_level_n(2, silent=True, n_cores=1)
+    assert_every_chunk(str(tmp_path / "v"), reference_pyramid(stack, 2))
+
+
+def test_zarr_stack_from_an_array(tmp_path, stack_and_planes, converter_output):
+    """The original's ZarrStack also took a zarr store as its source; any (z, y, x) array does."""
+    zarr = pytest.importorskip("zarr")
+    stack, _, _ = stack_and_planes
+    source = zarr.create_array(
+        str(tmp_path / "source.zarr"), shape=stack.shape, chunks=(8, 32, 32), dtype=stack.dtype
+    )
+    source[:] = stack
+    dest = str(tmp_path / "from_zarr")
+    made = ZarrStack(source, dest, chunk_size=(CHUNK,) * 3)
+    made.write_info_file(3, (1800, 1800, 2000))
+    made.write_level_1(silent=True, n_cores=1)
+    for level in (2, 3):
+        made.write_level_n(level, silent=True, n_cores=1)
+    assert_same_files(dest, converter_output["zarr"])

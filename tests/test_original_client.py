@@ -160,20 +160,21 @@ def test_cache_and_clear_cache(volumes, tmp_path):
     assert get_info(dest) is not first
 
 
-def test_non_zero_voxel_offset(tmp_path):
-    """read_chunk takes the level's own coordinates, those of the chunk names (offset
-    included), as the original did; ArrayReader indexes from the first stored voxel."""
+def tensorstore_volume(path: str, data: np.ndarray, offset: tuple[int, int, int]) -> None:
+    """A precomputed volume written by TensorStore: `data` is (z, y, x, c)."""
     ts = pytest.importorskip("tensorstore")
-    data = random_stack((10, 20, 30), "uint16", seed=4)  # z, y, x
-    offset = (5, 7, 3)
-    path = str(tmp_path / "offset")
+    nz, ny, nx, nc = data.shape
     array = ts.open(
         {
             "driver": "neuroglancer_precomputed",
             "kvstore": Path(path).as_uri() + "/",
-            "multiscale_metadata": {"data_type": "uint16", "num_channels": 1, "type": "image"},
+            "multiscale_metadata": {
+                "data_type": data.dtype.name,
+                "num_channels": nc,
+                "type": "image",
+            },
             "scale_metadata": {
-                "size": [30, 20, 10],
+                "size": [nx, ny, nz],
                 "voxel_offset": list(offset),
                 "chunk_size": [8, 8, 8],
                 "resolution": [1, 1, 1],
@@ -182,7 +183,16 @@ def test_non_zero_voxel_offset(tmp_path):
             "create": True,
         }
     ).result()
-    array[ts.d[:].translate_to[0]].write(data.transpose(2, 1, 0)[..., np.newaxis]).result()
+    array[ts.d[:].translate_to[0]].write(data.transpose(2, 1, 0, 3)).result()
+
+
+def test_non_zero_voxel_offset(tmp_path):
+    """read_chunk takes the level's own coordinates, those of the chunk names (offset
+    included), as the original did; ArrayReader indexes from the first stored voxel."""
+    data = random_stack((10, 20, 30), "uint16", seed=4)  # z, y, x
+    offset = (5, 7, 3)
+    path = str(tmp_path / "offset")
+    tensorstore_volume(path, data[..., np.newaxis], offset)
     server, url = static_server(path)
     try:
         for source in (path, url):
@@ -266,3 +276,14 @@ def test_ngff_info_from_the_multiscales(tmp_path, zarr_format):
     assert info.data_type == np.uint8
     assert [s.key for s in info.scales] == ["1_1_1", "2_2_2"]
     assert info.get_scale(2).shape == [15, 10, 5] and info.get_scale(1).chunk_sizes == [8, 8, 8]
+
+
+def test_several_channels_read_as_zyxc(tmp_path):
+    """Not the original's (one channel only): TensorStore's multi-channel volumes read whole."""
+    data = random_stack((6, 9, 11, 3), "uint8", seed=9)
+    path = str(tmp_path / "channels")
+    tensorstore_volume(path, data, (0, 0, 0))
+    np.testing.assert_array_equal(read_chunk(path, 2, 11, 0, 5, 1, 6), data[1:6, 0:5, 2:11])
+    reader = ArrayReader(Path(path).as_uri())
+    assert reader.shape == data.shape
+    np.testing.assert_array_equal(reader.read_chunk(-1, 4, 0, 9, 0, 6)[:, :, 1:], data[:, :, :4])

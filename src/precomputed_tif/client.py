@@ -254,7 +254,8 @@ def read_chunk(
     info = get_info(url)
     scale = info.get_scale(level)
     data = _open_level(url, scale.key)
-    out = np.zeros((z1 - z0, y1 - y0, x1 - x0), info.data_type)
+    # volumes of several channels (not the original's) read as (z, y, x, c)
+    out = np.zeros((z1 - z0, y1 - y0, x1 - x0, *data.shape[3:]), info.data_type)
     (ox, oy, oz), (sx, sy, sz) = scale.offset, scale.shape
     # the part of the box inside the level, in its stored (index 0 = first voxel) coordinates
     lo = (max(x0 - ox, 0), max(y0 - oy, 0), max(z0 - oz, 0))
@@ -304,8 +305,8 @@ class ArrayReader:
 
     def read_chunk(self, x0: int, x1: int, y0: int, y1: int, z0: int, z1: int) -> np.ndarray:
         """The box ``[z0:z1, y0:y1, x0:x1]`` of the stored voxels (zeros outside)."""
-        out = np.zeros((z1 - z0, y1 - y0, x1 - x0), self.dtype)
-        (sz, sy, sx) = self.shape
+        out = np.zeros((z1 - z0, y1 - y0, x1 - x0, *self.shape[3:]), self.dtype)
+        sz, sy, sx = self.shape[:3]
         lo = (max(x0, 0), max(y0, 0), max(z0, 0))
         hi = (min(x1, sx), min(y1, sy), min(z1, sz))
         if all(a < b for a, b in zip(lo, hi)):

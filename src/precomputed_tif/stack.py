@@ -49,9 +49,9 @@ class StackBase:
     Parameters
     ----------
     glob_expr
-        A glob of the TIFF planes (sorted alphabetically, as the command line takes them), a
-        folder of them, a multi-page TIFF, a (z, y, x) array; or the (z, y, x) shape of a
-        volume another program will fill (then `write_level_1` has nothing to read).
+        A glob of the TIFF planes (taken in the order the command line takes them), a folder
+        of them, a multi-page TIFF, a (z, y, x) array; or the (z, y, x) shape of a volume
+        another program will fill (then `write_level_1` has nothing to read).
     dest
         The volume folder.
     dtype
@@ -172,7 +172,7 @@ class StackBase:
         self._store.write_info()
 
     def _make(self, levels: range, n_cores: int, silent: bool, source: PlaneSource | None) -> None:
-        from .cli.convert import drive_with_tqdm
+        from .cli._tqdm_loop import drive_with_tqdm
         from .convert import make_levels
         from .executors import SerialExecutor, process_pool
 

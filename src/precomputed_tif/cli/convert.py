@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterable
 from typing import Any
 
 from ._common import (
@@ -255,6 +254,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
         from ..errors import PlanError
         from ..executors import process_pool
         from ..locations import is_remote
+        from ._tqdm_loop import drive_with_tqdm
 
         dask = None
         if args.dask_scheduler or args.dask_workers:
@@ -366,25 +366,6 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
         return 0
 
     return work() if in_process else run_command(work, "precomputed-tif")
-
-
-def drive_with_tqdm(stage_runs: Iterable[Any], *, show: bool) -> None:
-    """Run conversion stages (`StageRun`), iterating a ``tqdm.tqdm`` over each one's tasks.
-
-    As the original's loops did: an application that replaces ``tqdm.tqdm`` (a Qt window's
-    progress bar, whose cancel button raises KeyboardInterrupt inside the loop) sees every
-    task. ``tqdm.tqdm`` is looked up here, at call time, for that replacement to work.
-    """
-    import tqdm
-
-    for stage_run in stage_runs:
-        results: Any = stage_run.results
-        if show:
-            stage = stage_run.stage
-            desc = f"level {stage.first}" + (f"-{stage.last}" if stage.last > stage.first else "")
-            results = tqdm.tqdm(results, total=stage_run.n_todo, desc=desc)
-        for _ in results:
-            pass
 
 
 if __name__ == "__main__":
