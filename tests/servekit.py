@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,50 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 
 from conftest import convert_stack, write_planes
+
+
+class RunningServer:
+    """``precomputed-webserver ARGS`` in a subprocess on a free port (a context manager)."""
+
+    def __init__(self, *args: str, log: str = "INFO") -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "precomputed_tif.cli.serve", "-p", "0", "--log", log, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = self.process.stdout.readline()
+        match = re.search(r"at http://127\.0\.0\.1:(\d+)", line)
+        assert match, line + self.process.stderr.read()
+        self.port = int(match.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.viewer_line = self.process.stdout.readline() if "--viewer" in args else ""
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
+    def get(self, path: str, method: str = "GET", headers: dict | None = None):
+        conn = self.connection()
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> str:
+        self.process.terminate()
+        try:
+            _, stderr = self.process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, stderr = self.process.communicate()
+        return stderr
 
 
 @dataclass

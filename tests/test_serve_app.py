@@ -157,7 +157,7 @@ def test_unsatisfiable_range(volumes, header):
     assert reply.headers["content-range"] == "bytes */10240"
 
 
-@pytest.mark.parametrize("header", ["bytes=0-1,5-6", "items=0-5", "bytes=9-3"])
+@pytest.mark.parametrize("header", ["items=0-5", "bytes=9-3", "bytes=0-1,x"])
 def test_ranges_we_do_not_honour_get_the_whole_body(volumes, header):
     reply = call(app_for(volumes["raw"]), "/1_1_1/0.shard", headers={"Range": header})
     assert reply.status == 200 and len(reply.body) == 10240

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,43 +21,7 @@ import tifffile
 from conftest import DATA, random_stack
 from precomputed_tif import open_volume
 from precomputed_tif.geometry import chunks_in, full_box
-from servekit import make_volume
-
-
-class RunningServer:
-    def __init__(self, *args: str, log: str = "INFO") -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "precomputed_tif.cli.serve", "-p", "0", "--log", log, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = self.process.stdout.readline()
-        match = re.search(r"at http://127\.0\.0\.1:(\d+)", line)
-        assert match, line + self.process.stderr.read()
-        self.port = int(match.group(1))
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.viewer_line = self.process.stdout.readline() if "--viewer" in args else ""
-
-    def connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-
-    def get(self, path: str, method: str = "GET", headers: dict | None = None):
-        conn = self.connection()
-        conn.request(method, path, headers=headers or {})
-        response = conn.getresponse()
-        body = response.read()
-        conn.close()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
-
-    def stop(self) -> str:
-        self.process.terminate()
-        try:
-            _, stderr = self.process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            _, stderr = self.process.communicate()
-        return stderr
+from servekit import RunningServer, make_volume
 
 
 @pytest.fixture(scope="module")
