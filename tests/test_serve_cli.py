@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -108,6 +109,104 @@ def test_bad_config_is_a_one_line_error_at_start_up(tmp_path):
     )
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def _start_error(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "precomputed_tif.cli.serve", "-p", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def test_a_folder_without_a_volume_is_refused_unless_raw_is_asked(tmp_path):
+    (tmp_path / "notes.txt").write_text("private")
+    for args, cwd in [(("-d", str(tmp_path)), None), ((), str(tmp_path))]:
+        result = _start_error(*args, cwd=cwd)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr
+        assert f"{tmp_path} holds no volume" in lines[0] and "--format raw" in lines[0]
+    with RunningServer("-d", str(tmp_path), "--format", "raw") as server:
+        assert server.get("/notes.txt")[2] == b"private"
+
+
+def test_sources_file_options_reach_the_cli_server(tmp_path, volume_dir):
+    config = tmp_path / "sources.json"
+    entries = [{"name": "v", "directory": volume_dir}]
+    options = {"gzip": True, "cors_origin": "https://viewer.lab"}
+    config.write_text(json.dumps({"sources": entries, "options": options}))
+    chunk = "/v/1_1_1/0-16_0-16_0-16"
+    with RunningServer("--config", str(config)) as server:
+        status, headers, body = server.get(chunk, headers={"Accept-Encoding": "gzip"})
+        assert status == 200 and headers["content-encoding"] == "gzip"
+        assert headers["access-control-allow-origin"] == "https://viewer.lab"
+        expected = open_volume(volume_dir)[1][0:16, 0:16, 0:16]
+        assert imagecodecs.gzip_decode(body) == expected.astype("<u2").tobytes()
+    with RunningServer("--config", str(config), "--cors-origin", "*") as server:
+        assert server.get(chunk)[1]["access-control-allow-origin"] == "*"
+
+
+def test_slow_clients_time_out_and_normal_requests_are_served(volume_dir):
+    """Slow-loris: 300 clients each sending a header byte every 0.3 s, reconnecting when cut
+    off, against a limit of 100 connections; plain requests must all be answered meanwhile."""
+    import selectors
+    import socket
+    import threading
+
+    with RunningServer(
+        "-d", volume_dir, "--timeout", "2", "--connection-limit", "100", log="WARNING"
+    ) as server:
+        stop = threading.Event()
+        cut_off = [0]
+
+        def slow_clients() -> None:
+            selector = selectors.DefaultSelector()
+
+            def connect() -> None:
+                conn = socket.socket()
+                conn.setblocking(False)
+                conn.connect_ex(("127.0.0.1", server.port))
+                selector.register(conn, selectors.EVENT_READ, [b"GET /info HTTP/1.1\r\n", 0])
+
+            for _ in range(300):
+                connect()
+            while not stop.is_set():
+                for key, _ in selector.select(timeout=0.3):
+                    try:
+                        gone = key.fileobj.recv(4096) == b""
+                    except OSError:
+                        gone = True
+                    if gone:
+                        selector.unregister(key.fileobj)
+                        key.fileobj.close()
+                        cut_off[0] += 1
+                        connect()
+                for key in list(selector.get_map().values()):
+                    with contextlib.suppress(OSError):
+                        key.fileobj.send(b"X")  # an endless header line, a byte at a time
+                time.sleep(0.3)
+            for key in list(selector.get_map().values()):
+                key.fileobj.close()
+
+        attacker = threading.Thread(target=slow_clients, daemon=True)
+        attacker.start()
+        try:
+            time.sleep(1)
+            answered = []
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                status, _, body = server.get("/info")
+                answered.append(status)
+            assert answered and all(s == 200 for s in answered), answered
+        finally:
+            stop.set()
+            attacker.join(timeout=30)
+        assert cut_off[0] >= 100, "the server never closed the slow connections"
+        assert server.get("/info")[0] == 200
 
 
 # --- the viewer, in a real browser ------------------------------------------------------------

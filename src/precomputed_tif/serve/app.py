@@ -48,6 +48,7 @@ log = logging.getLogger("precomputed_tif.serve")
 MAX_PATH = 2048
 GZIP_MIN_BYTES = 1024
 METHODS = ("GET", "HEAD", "OPTIONS")
+DEFAULT_CACHE_BYTES = 2**30
 
 StartResponse = Callable[..., Any]
 
@@ -81,7 +82,7 @@ class PrecomputedApp:
         beside: dict[str, Source] | None = None,
         cors_origin: str = "*",
         gzip_chunks: bool = False,
-        cache_bytes: int = 256 * 2**20,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         viewer: str | None = None,
     ) -> None:
         if (sources is None) == (single is None):
