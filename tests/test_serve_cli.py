@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ import tifffile
 from conftest import DATA, random_stack
 from precomputed_tif import open_volume
 from precomputed_tif.geometry import chunks_in, full_box
-from servekit import RunningServer, make_volume
+from servekit import RunningServer, make_volume, need_nginx, plain_nginx, readable_folder
 
 
 @pytest.fixture(scope="module")
@@ -414,90 +413,32 @@ def test_viewer_in_headless_chromium_shows_the_volume(tmp_path, options):
     assert best > 0.9, f"the panel does not show plane {z}: correlation {best:.2f}"
 
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-NGINX_CONF = """
-worker_processes 1;
-{user}
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        location / {{
-            add_header Access-Control-Allow-Origin "*" always;
-            try_files $uri =404;
-        }}
-    }}
-}}
-"""
-
-
 @pytest.mark.slow
 def test_viewer_shows_a_sharded_volume_served_by_nginx(tmp_path):
     """Our sharded output needs no special server: plain nginx (byte ranges) serves it."""
     _need_browser()
-    if NGINX is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's nginx (see .ci/run)")
-        pytest.skip("nginx is not installed")
-    import socket
-
-    stack, dest = _stardist_volume(
-        tmp_path, "--format", "precomputed", "--sharded", "--task-memory", "1M"
-    )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    user = "user root;" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
-    (prefix / "nginx.conf").write_text(
-        NGINX_CONF.format(user=user, prefix=prefix, port=port, root=dest)
-    )
-    nginx = subprocess.Popen(
-        [NGINX, "-p", str(prefix) + "/", "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    server = RunningServer("-d", dest, "--viewer", log="WARNING")
+    need_nginx()
     best = 0.0
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                try:
-                    conn.request("GET", "/info")
-                    if conn.getresponse().status == 200:
-                        break
-                finally:
-                    conn.close()
-            except OSError:
-                time.sleep(0.1)
-        link = server.viewer_line.split("Viewer: ", 1)[1].strip()
-        state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
-        state["layers"][0]["source"] = f"precomputed://http://127.0.0.1:{port}"
-        low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
-        link = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
-        z = 15
-        expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
-        for image in _screenshots(_xy_view(link, z), tmp_path / "nginx-shots"):
-            seen = _volume_in_screenshot(image, stack.shape[1:])
-            if seen is None or seen.std() < 5:
-                continue
-            best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
-            if best > 0.9:
-                break
-    finally:
-        server.stop()
-        nginx.terminate()
-        nginx.communicate(timeout=20)
+    with readable_folder("viewer-nginx-") as folder:
+        stack, dest = _stardist_volume(
+            folder, "--format", "precomputed", "--sharded", "--task-memory", "1M"
+        )
+        with (
+            plain_nginx(dest, tmp_path / "nginx") as port,
+            RunningServer("-d", dest, "--viewer", log="WARNING") as server,
+        ):
+            link = server.viewer_line.split("Viewer: ", 1)[1].strip()
+            state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
+            state["layers"][0]["source"] = f"precomputed://http://127.0.0.1:{port}"
+            low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
+            link = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
+            z = 15
+            expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
+            for image in _screenshots(_xy_view(link, z), tmp_path / "nginx-shots"):
+                seen = _volume_in_screenshot(image, stack.shape[1:])
+                if seen is None or seen.std() < 5:
+                    continue
+                best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
+                if best > 0.9:
+                    break
     assert best > 0.9, f"the sharded volume served by nginx does not show: {best:.2f}"

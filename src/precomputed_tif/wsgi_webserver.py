@@ -6,7 +6,10 @@ Under Apache mod_wsgi::
     def application(environ, start_response):
         return serve_precomputed(environ, start_response, "/etc/precomputed/sources.json")
 
-Under gunicorn: ``gunicorn 'precomputed_tif.wsgi_webserver:make_app("sources.json")'``.
+(with ``WSGIApplicationGroup %{GLOBAL}``: numpy cannot load in a sub-interpreter; README.md has
+the whole Apache configuration). Under gunicorn:
+``gunicorn 'precomputed_tif.wsgi_webserver:make_app("sources.json")'``. Settings (chunk cache,
+gzip, CORS origin) come from arguments or the ``options`` of sources.json.
 Standalone: ``python -m precomputed_tif.wsgi_webserver sources.json [PORT]``.
 """
 
