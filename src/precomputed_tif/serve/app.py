@@ -189,8 +189,7 @@ class PrecomputedApp:
         if mtime is not None:
             response.headers.setdefault("Last-Modified", http_date(mtime))
         if etag is not None or mtime is not None:
-            etags = (etag, gzip_etag(etag)) if etag else ()
-            verdict = preconditions(environ, etags, mtime, time.time())
+            verdict = preconditions(environ, etag, mtime)
             if verdict == 412:
                 return error_response(412, "the precondition failed: the file has changed")
             if verdict == 304:

@@ -8,9 +8,11 @@ conditional requests follow RFC 9110; a header that is malformed is ignored, as 
 from __future__ import annotations
 
 import email.utils
+import functools
 import gzip
 import hashlib
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,7 +157,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return ranges[0] if ranges is not None and len(ranges) == 1 else None
 
 
+@functools.lru_cache(maxsize=4096)
 def http_date(seconds: float) -> str:
+    """The HTTP date of a time (kept: the same files' times are formatted again and again)."""
     return email.utils.formatdate(seconds, usegmt=True)
 
 
@@ -186,14 +190,23 @@ def _tags(header: str) -> list[str]:
     return [t.strip() for t in header.split(",")]
 
 
-def preconditions(
-    environ: dict[str, object], etags: tuple[str, ...], mtime: float | None, now: float
-) -> int | None:
+CONDITIONS = (
+    "HTTP_IF_MATCH",
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_UNMODIFIED_SINCE",
+)
+
+
+def preconditions(environ: dict[str, object], etag: str | None, mtime: float | None) -> int | None:
     """412 or 304 when the conditional headers say so (RFC 9110, 13.2.2), None to go on.
 
-    `etags` are the current representation's tags (the plain and the gzipped variant: a cached
-    copy of either is current); `mtime` its modification time, when known.
+    `etag` is the current representation's tag (a cached copy of its gzipped variant is current
+    too); `mtime` its modification time, when known.
     """
+    if not any(name in environ for name in CONDITIONS):
+        return None
+    etags = (etag, gzip_etag(etag)) if etag else ()
     if_match = environ.get("HTTP_IF_MATCH")
     if isinstance(if_match, str):
         tags = _tags(if_match)
@@ -210,7 +223,7 @@ def preconditions(
     if mtime is not None:
         since = parse_http_date(environ.get("HTTP_IF_MODIFIED_SINCE"))
         # a date in the future is not a valid one (the client's clock is wrong): ignored
-        if since is not None and since <= now and int(mtime) <= since:
+        if since is not None and since <= time.time() and int(mtime) <= since:
             return 304
     return None
 
