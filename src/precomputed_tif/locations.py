@@ -5,7 +5,9 @@ Reads return None for a missing file (HTTP 404/403, as Neuroglancer treats them)
 tell "never written" from a failure. HTTP keeps one keep-alive connection per thread and host;
 ``name.gz`` files are tried after ``name`` for local folders written with gzip. Folders and
 object stores can also be written: every write replaces a whole file at once (a temporary file
-renamed into place, or one PUT), so readers never see half a chunk.
+renamed into place, or one PUT), so readers never see half a chunk. Gzipped files follow each
+place's convention: ``name.gz`` in folders (web servers' ``gzip_static``), the plain name with
+``Content-Encoding: gzip`` metadata in buckets (what browsers and TensorStore unpack).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import secrets
 import shutil
 import threading
 import urllib.parse
+import zlib
 from typing import Any, Protocol
 
 from .errors import StoreError
@@ -79,6 +82,35 @@ def file_stamp(path: str) -> tuple[int, int] | None:
     return (stat.st_mtime_ns, stat.st_size)
 
 
+GZIP_MAGIC = b"\x1f\x8b\x08"
+# how each object store's fsspec file system is told to store Content-Encoding: gzip
+GZIP_METADATA: dict[str, dict[str, Any]] = {
+    "s3": {"ContentEncoding": "gzip"},
+    "s3a": {"ContentEncoding": "gzip"},
+    "gs": {"fixed_key_metadata": {"content_encoding": "gzip"}},
+    "gcs": {"fixed_key_metadata": {"content_encoding": "gzip"}},
+}
+
+
+def can_write_gzip(url: str) -> bool:
+    """Whether gzipped files written to `url` stay readable by others (folders, s3, gs)."""
+    return not is_remote(url) or url_scheme(url) in GZIP_METADATA
+
+
+def gzip_content(blob: bytes) -> bytes | None:
+    """The unpacked content when `blob` is a whole gzip stream (its checksum holds), else None.
+
+    Object-store clients hand over objects stored with ``Content-Encoding: gzip`` as stored; a
+    file whose bytes merely begin like gzip fails the checksum and is left alone.
+    """
+    if not blob.startswith(GZIP_MAGIC):
+        return None
+    try:
+        return gzip.decompress(blob)
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
 def _gunzip(content: bytes, where: str) -> bytes:
     """A ``name.gz`` file's content (chunks written with ``--gzip``)."""
     try:
@@ -101,6 +133,10 @@ class WritableLocation(Location, Protocol):
     """A location that can also be written: a local folder or an object store."""
 
     def write(self, name: str, data: bytes | memoryview) -> None: ...
+
+    def write_gzip(self, name: str, packed: bytes) -> None:
+        """Store gzip bytes so that web servers and readers unpack them for `name`."""
+        ...
 
     def stamp(self, name: str) -> tuple[int, int] | None:
         """(a number that changes when the file does, size), or None when it is missing."""
@@ -132,6 +168,9 @@ class LocalLocation:
         except FileNotFoundError:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_atomically(path, data)
+
+    def write_gzip(self, name: str, packed: bytes) -> None:
+        self.write(name + ".gz", packed)  # what gzip_static web servers look for
 
     def stamp(self, name: str) -> tuple[int, int] | None:
         return file_stamp(self._file(name))
@@ -313,6 +352,15 @@ class FsspecLocation:
     def write(self, name: str, data: bytes | memoryview) -> None:
         try:
             self.fs.pipe_file(self._path(name), bytes(data))
+        except (OSError, ValueError) as exc:
+            raise self._fail("write", name, exc) from exc
+
+    def write_gzip(self, name: str, packed: bytes) -> None:
+        metadata = GZIP_METADATA.get(url_scheme(self.url))
+        if metadata is None:
+            raise StoreError(f"{self.url} cannot store Content-Encoding: gzip for {name}")
+        try:
+            self.fs.pipe_file(self._path(name), packed, **metadata)
         except (OSError, ValueError) as exc:
             raise self._fail("write", name, exc) from exc
 

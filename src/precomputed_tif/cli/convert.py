@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from ._common import (
@@ -242,12 +243,15 @@ def _logging_beside(bars: _Bars) -> contextlib.AbstractContextManager[Any]:
     return logging_redirect_tqdm()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
+    """The command line; `in_process` (`precomputed_tif.main.main`) lets errors and Ctrl-C
+    reach the caller as exceptions, and shows progress by iterating ``tqdm.tqdm``."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log)
 
     def work() -> int:
         from .. import convert, create_store, open_source, plan_pyramid
+        from ..convert import iter_convert
         from ..errors import PlanError
         from ..executors import process_pool
         from ..locations import is_remote
@@ -317,6 +321,21 @@ def main(argv: list[str] | None = None) -> int:
             if dask is not None:
                 dask.__exit__(None, None, None)
             return 0
+        if in_process:
+            pool = dask if dask is not None else process_pool(budget.n_workers)
+            with pool as executor:
+                stage_runs = iter_convert(
+                    source,
+                    store,
+                    executor=executor,
+                    budget=budget,
+                    resume=args.resume,
+                    overwrite=args.overwrite,
+                )
+                # the caller's own logging set-up (if any) does not hide the bars; --log does
+                show = logging.getLevelName(args.log) <= logging.INFO
+                drive_with_tqdm(stage_runs, show=show)
+            return 0
         bars = _Bars(enabled=sys.stderr.isatty() and log.getEffectiveLevel() <= logging.INFO)
         try:
             pool = dask if dask is not None else process_pool(budget.n_workers)
@@ -340,9 +359,32 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         bars.close()
         log.info("done: %s", args.dest)
+        if args.gzip:
+            from ..stores.precomputed import gzip_note
+
+            log.info("--gzip: %s", gzip_note(dest))
         return 0
 
-    return run_command(work, "precomputed-tif")
+    return work() if in_process else run_command(work, "precomputed-tif")
+
+
+def drive_with_tqdm(stage_runs: Iterable[Any], *, show: bool) -> None:
+    """Run conversion stages (`StageRun`), iterating a ``tqdm.tqdm`` over each one's tasks.
+
+    As the original's loops did: an application that replaces ``tqdm.tqdm`` (a Qt window's
+    progress bar, whose cancel button raises KeyboardInterrupt inside the loop) sees every
+    task. ``tqdm.tqdm`` is looked up here, at call time, for that replacement to work.
+    """
+    import tqdm
+
+    for stage_run in stage_runs:
+        results: Any = stage_run.results
+        if show:
+            stage = stage_run.stage
+            desc = f"level {stage.first}" + (f"-{stage.last}" if stage.last > stage.first else "")
+            results = tqdm.tqdm(results, total=stage_run.n_todo, desc=desc)
+        for _ in results:
+            pass
 
 
 if __name__ == "__main__":

@@ -18,7 +18,13 @@ from typing import Any
 from ..cache import ByteCache
 from ..errors import StoreError
 from ..geometry import Box
-from ..locations import REMOTE_RECHECK_SECONDS, file_stamp, is_remote, open_writable
+from ..locations import (
+    REMOTE_RECHECK_SECONDS,
+    file_stamp,
+    gzip_content,
+    is_remote,
+    open_writable,
+)
 from ..pyramid import Pyramid
 from ..stores import ChunkStore, create_store
 from ..stores.base import INFO_NAME, read_info
@@ -180,9 +186,27 @@ def _remote_file(source: Source, parts: list[str], content_type: str | None = No
     if content_type is None:
         content_type = OCTETS if encoding else CONTENT_TYPES.get(os.path.splitext(name)[1], OCTETS)
     headers = {"Content-Type": content_type, "ETag": etag_for(*stamp)}
+    body: bytes | FileRegion = FileRegion(name, 0, stamp[1], location)
+    if encoding is None and _is_chunk_name(parts[-1]):
+        # --gzip chunks in a bucket are gzip bytes under the plain name (Content-Encoding
+        # metadata, which fsspec does not report): recognised by their content
+        content = location.read(name)
+        if content is None:
+            raise HttpError(404, "not found")
+        body = content
+        if gzip_content(content) is not None:
+            encoding = "gzip"
     if encoding:
         headers["Content-Encoding"] = encoding
-    return Response(200, FileRegion(name, 0, stamp[1], location), headers)
+    return Response(200, body, headers)
+
+
+def _is_chunk_name(name: str) -> bool:
+    try:
+        Box.from_chunk_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _inside(source: Source, path: str) -> str:
