@@ -17,8 +17,8 @@ import gzip
 import hashlib
 import http.client
 import os
+import secrets
 import shutil
-import tempfile
 import threading
 import urllib.parse
 import zlib
@@ -45,9 +45,13 @@ def is_remote(url: str) -> bool:
 
 
 def write_atomically(path: str, data: bytes | memoryview) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    """Write `data` to `path` so that readers see either the old file or the whole new one.
+
+    The file gets the modes the user's umask gives, as ``cp`` would (``mkstemp``'s 0600 would
+    leave a volume unreadable by the web server meant to serve it).
+    """
     folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    fd, tmp = _create_temporary(folder, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,6 +60,17 @@ def write_atomically(path: str, data: bytes | memoryview) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _create_temporary(folder: str, name: str) -> tuple[int, str]:
+    """A new hidden file beside `name`, open for writing, mode 0666 less the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(folder, f".tmp-{secrets.token_hex(6)}-{name}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def file_stamp(path: str) -> tuple[int, int] | None:

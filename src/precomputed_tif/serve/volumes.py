@@ -146,7 +146,9 @@ def serve_chunk(
         if len(body) != local.voxels * pyramid.dtype.itemsize:
             raise StoreError(f"chunk {name} of {source.directory!r} has the wrong size")
         cache.put(cache_key, body)
-    return Response(200, body, {"Content-Type": OCTETS, "ETag": etag_for(stamp)})
+    # a local store's stamp opens with the file's mtime in ns; other stamps are opaque
+    mtime = stamp[0] / 1e9 if len(stamp) > 1 and not is_remote(source.directory) else None
+    return Response(200, body, {"Content-Type": OCTETS, "ETag": etag_for(stamp)}, mtime)
 
 
 def serve_file(source: Source, parts: list[str]) -> Response:
@@ -233,4 +235,5 @@ def _static_file(path: str, content_type: str | None = None) -> Response:
             "ETag": etag_for(stat.st_mtime_ns, stat.st_size, stat.st_ino),
             "Last-Modified": http_date(stat.st_mtime),
         },
+        stat.st_mtime,
     )
