@@ -396,3 +396,26 @@ def test_the_example_is_the_stardist_stack():
     expected = np.stack([tifffile.imread(os.path.join(data, "planes", p)) for p in planes])
     np.testing.assert_array_equal(tifffile.imread(example_planes()), expected)
     assert os.path.isfile(example_planes().replace(".tif", ".LICENSE.md"))
+
+
+# 3 ---------------------------------------------------------------------------------------------
+def test_the_viewer_page_gets_a_quiet_event_stream_before_the_client(tmp_path):
+    pytest.importorskip("neuroglancer")
+    from precomputed_tif.serve import PrecomputedApp
+    from precomputed_tif.serve.config import resolve_source
+    from precomputed_tif.serve.viewer import QUIET_EVENTS_SCRIPT, client_folder
+    from servekit import call
+
+    dest = str(tmp_path / "v")
+    assert run_cli("--example", "--dest", dest).returncode == 0
+    folder = client_folder()
+    app = PrecomputedApp(single=resolve_source("", dest, None), viewer=folder)
+    page = call(app, "/v/ng/")
+    assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+    original = (Path(folder) / "index.html").read_bytes()
+    html = page.body.decode()
+    assert html.replace(QUIET_EVENTS_SCRIPT, "", 1).encode() == original
+    assert html.index(QUIET_EVENTS_SCRIPT) < html.index("<script defer")
+    assert call(app, "/v/ng/index.html").body == page.body
+    script = next(n for n in os.listdir(folder) if n.endswith(".js"))
+    assert call(app, f"/v/ng/{script}").body == (Path(folder) / script).read_bytes()
