@@ -419,3 +419,14 @@ def test_the_viewer_page_gets_a_quiet_event_stream_before_the_client(tmp_path):
     assert call(app, "/v/ng/index.html").body == page.body
     script = next(n for n in os.listdir(folder) if n.endswith(".js"))
     assert call(app, f"/v/ng/{script}").body == (Path(folder) / script).read_bytes()
+
+
+# 11 --------------------------------------------------------------------------------------------
+def test_without_the_segmentation_extra_the_encoding_says_what_to_install(monkeypatch):
+    from precomputed_tif import PlanError, plan_pyramid
+
+    monkeypatch.setitem(sys.modules, "compressed_segmentation", None)  # import fails
+    with pytest.raises(PlanError, match=r"pip install 'precomputed-tif\[segmentation\]'"):
+        plan_pyramid(
+            (8, 8, 8), "uint32", voxel_size_nm=(1, 1, 1), encoding="compressed_segmentation"
+        )

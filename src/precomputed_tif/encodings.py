@@ -3,10 +3,13 @@
 Arrays are always (z, y, x). ``raw`` is the little-endian C-order bytes of that array, which is
 Neuroglancer's x-fastest layout. ``jpeg`` and ``png`` store the chunk as one 2D image, ``x`` wide
 and ``y * z`` tall (the tiling Neuroglancer decodes). ``compressed_segmentation`` is the
-block-wise label encoding, through the seung-lab ``compressed_segmentation`` package.
+block-wise label encoding, through the seung-lab ``compressed_segmentation`` package (an
+extra, ``precomputed-tif[segmentation]``: its wheels require pytest and click at run time).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -27,12 +30,26 @@ def check_encoding(encoding: str, data_type: str) -> None:
     """Raise PlanError when `encoding` cannot hold `data_type`."""
     if encoding not in ENCODINGS:
         raise PlanError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+    if encoding == "compressed_segmentation":
+        _segmentation_codec()
     allowed = ALLOWED_TYPES[encoding]
     if allowed is not None and data_type not in allowed:
         raise PlanError(
             f"encoding {encoding} holds {' or '.join(allowed)}, not {data_type}; "
             "choose --encoding raw"
         )
+
+
+def _segmentation_codec() -> Any:
+    """The compressed_segmentation module, or an error saying how to install it."""
+    try:
+        import compressed_segmentation
+    except ImportError:
+        raise PlanError(
+            "the compressed_segmentation encoding needs the compressed-segmentation package: "
+            "pip install 'precomputed-tif[segmentation]'"
+        ) from None
+    return compressed_segmentation
 
 
 def encode_chunk(
@@ -54,11 +71,9 @@ def encode_chunk(
 
         return bytes(imagecodecs.png_encode(np.ascontiguousarray(data.reshape(nz * ny, nx))))
     if encoding == "compressed_segmentation":
-        import compressed_segmentation
-
         # its 'F' order takes an (x, y, z) Fortran array: our (z, y, x) C array transposed
         return bytes(
-            compressed_segmentation.compress(
+            _segmentation_codec().compress(
                 np.ascontiguousarray(data).T, block_size=block_size, order="F"
             )
         )
@@ -75,6 +90,7 @@ def decode_chunk(
 ) -> np.ndarray:
     """The (z, y, x) array stored in `blob`; StoreError when it does not decode to that shape."""
     nz, ny, nx = shape_zyx
+    codec = _segmentation_codec() if encoding == "compressed_segmentation" else None
     try:
         if encoding == "raw":
             return np.frombuffer(blob, dtype.newbyteorder("<")).reshape(shape_zyx).astype(dtype)
@@ -83,10 +99,8 @@ def decode_chunk(
 
             image = imagecodecs.imread(blob)
             return np.asarray(image, dtype).reshape(nz, ny, nx)
-        if encoding == "compressed_segmentation":
-            import compressed_segmentation
-
-            xyz = compressed_segmentation.decompress(
+        if codec is not None:
+            xyz = codec.decompress(
                 blob, (nx, ny, nz), dtype, block_size=block_size, order="F"
             )
             return np.ascontiguousarray(np.asarray(xyz).reshape(nx, ny, nz).T)
