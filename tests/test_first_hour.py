@@ -178,21 +178,21 @@ def test_off_a_terminal_one_line_per_level_and_a_summary(tmp_path):
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
 
 
-def test_on_a_terminal_logs_go_through_the_bars_and_nothing_stale_is_left(tmp_path):
+def _on_a_terminal(argv: list[str]) -> tuple[int, list[str]]:
+    """Run `argv` on a 200 x 40 pseudo-terminal; its exit status and the screen it leaves."""
     pyte = pytest.importorskip("pyte")
     import pty
 
-    dest = str(tmp_path / "out")
     screen = pyte.Screen(200, 40)
     stream = pyte.ByteStream(screen)
     pid, fd = pty.fork()
-    if pid == 0:  # the child: a user's terminal, 200 columns
+    if pid == 0:  # the child: a user's terminal
         import fcntl
         import struct
         import termios
 
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
-        os.execv(sys.executable, [*CLI, "--example", "--dest", dest, "--chunk-size", "8,8,8"])
+        os.execv(argv[0], argv)
     output = b""
     while True:
         try:
@@ -205,20 +205,56 @@ def test_on_a_terminal_logs_go_through_the_bars_and_nothing_stale_is_left(tmp_pa
             break
         output += data
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, output.decode(errors="replace")
-    stream.feed(output.replace(b"\n", b"\r\n") if b"\r\n" not in output else output)
-    lines = [line.rstrip() for line in screen.display]
+    stream.feed(output)
+    return os.waitstatus_to_exitcode(status), [line.rstrip() for line in screen.display]
+
+
+def test_on_a_terminal_the_bars_are_left_once_and_the_summary_below(tmp_path):
+    dest = str(tmp_path / "out")
+    status, lines = _on_a_terminal([*CLI, "--example", "--dest", dest, "--chunk-size", "8,8,8"])
     text = "\n".join(lines)
-    # every log line is whole, on a line of its own (not torn by a bar)
+    assert status == 0, text
     for line in lines:
         if line.startswith("INFO"):
             assert "vox/s" not in line and "%|" not in line, text
-    # each level's finished bar is left once; nothing else below the summary
+    # each level's finished bar is left once; nothing stale below the summary
     for key in ("1_1_1", "2_2_2", "4_4_4", "8_8_8"):
         bars = [line for line in lines if f"({key}):" in line and "%|" in line]
         assert len(bars) == 1 and "100%" in bars[0], text
     last = max(i for i, line in enumerate(lines) if line)
     assert lines[last].startswith("serve and view it: precomputed-webserver"), text
+
+
+BARS_AND_A_LOG_LINE = """
+import logging, sys, time
+from precomputed_tif.cli._common import setup_logging
+from precomputed_tif.cli.convert import _Bars
+from precomputed_tif.pyramid import plan_pyramid
+
+setup_logging("INFO")
+pyramid = plan_pyramid((64, 64, 64), "uint8", voxel_size_nm=(1, 1, 1), chunk_size=(32, 32, 32))
+bars = _Bars(sys.stderr.isatty(), pyramid)
+with bars.showing():
+    for step in range(4):
+        bars(1, 64 * 64 * 16, 64 * 64 * 64)
+        bars(2, 32 * 32 * 8, 32 * 32 * 32)
+        if step == 1:
+            logging.getLogger("precomputed_tif").warning("a plane is slow to read: %s", "p_7.tif")
+        time.sleep(0.05)
+print("after the bars")
+"""
+
+
+def test_on_a_terminal_a_log_line_during_the_bars_does_not_tear_them():
+    status, lines = _on_a_terminal([sys.executable, "-c", BARS_AND_A_LOG_LINE])
+    text = "\n".join(lines)
+    assert status == 0, text
+    shown = [line for line in lines if line]
+    assert shown[0] == "WARNING a plane is slow to read: p_7.tif", text  # whole, above the bars
+    assert shown[1].startswith("level 1 (1_1_1): 100%|") and shown[2].startswith(
+        "level 2 (2_2_2): 100%|"
+    ), text
+    assert shown[3:] == ["after the bars"], text
 
 
 # 6 ---------------------------------------------------------------------------------------------
