@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -442,3 +443,55 @@ def test_viewer_shows_a_sharded_volume_served_by_nginx(tmp_path):
                 if best > 0.9:
                     break
     assert best > 0.9, f"the sharded volume served by nginx does not show: {best:.2f}"
+
+
+def _dump_dom(url: str, profile: str) -> str:
+    result = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--use-gl=angle",
+            "--use-angle=swiftshader",
+            "--enable-unsafe-swiftshader",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+            f"--user-data-dir={profile}",
+            "--window-size=1000,800",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_viewer_status_bar_is_clean_and_the_server_is_not_polled(tmp_path):
+    """The bundled client asks for /events/<token> (its Python server's state stream): it must
+    not show "Disconnected from Python server" nor ask the server every two seconds."""
+    _need_browser()
+    _, dest = _stardist_volume(tmp_path)
+    server = RunningServer("-d", dest, "--viewer", log="INFO")
+    try:
+        link = server.viewer_line.split("Viewer: ", 1)[1].strip()
+        dom = _dump_dom(link, str(tmp_path / "profile"))
+    finally:
+        log = server.stop()
+    assert 'id="neuroglancer-container"' in dom or "neuroglancer" in dom, dom[:500]
+    status = re.search(r'<ul id="neuroglancer-status-container">(.*?)</ul>', dom)
+    assert status is not None, "no status bar in the page"
+    shown = [
+        text
+        for style, text in re.findall(r'<li(?: style="([^"]*)")?>(.*?)</li>', status.group(1))
+        if "display: none" not in style
+    ]
+    assert not any("Python server" in text or "Disconnected" in text for text in shown), shown
+    assert "/v/ng/" in log  # the page was served (and logged) ...
+    assert "/events/" not in log  # ... and nobody polled the Python server's stream

@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import StoreExistsError
+from .errors import AlreadyConvertedError, StoreExistsError
 from .locations import LocalLocation, WritableLocation
 from .plan import Stage, Task, describe_plan, plan_stages, stage_tasks
 from .pyramid import Pyramid
@@ -47,7 +47,11 @@ class Budget:
 
 
 def source_fingerprint(source: PlaneSource) -> str:
-    """A digest of what the source is (file names and sizes, or shape), to match on resume."""
+    """A digest of what the source is (file names and sizes, or shape), to match on resume.
+
+    Names are digested in the order the planes are taken, so another ``--order`` is another
+    stack.
+    """
     digest = hashlib.sha256()
     digest.update(repr((type(source).__name__, source.size, source.dtype.str)).encode())
     for path in getattr(source, "paths", ()) or (getattr(source, "path", ""),):
@@ -55,6 +59,12 @@ def source_fingerprint(source: PlaneSource) -> str:
             digest.update(os.path.basename(path).encode())
             digest.update(str(file_size(path)).encode())
     return digest.hexdigest()
+
+
+def plane_list(source: PlaneSource) -> list[list[Any]]:
+    """[name, bytes] of each plane file, in order: lets a refusal name the planes that changed."""
+    paths = getattr(source, "paths", ()) or ()
+    return [[os.path.basename(p), file_size(p)] for p in paths]
 
 
 def _state_name(name: str) -> str:
@@ -76,10 +86,12 @@ def _read_run(root: WritableLocation) -> dict[str, Any] | None:
 
 
 def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    for key in ("format", "source"):
-        if old.get(key) != new.get(key):
-            what = "input stack" if key == "source" else key
-            return f"its {what} differs ({old.get(key)!s:.16} vs {new.get(key)!s:.16})"
+    if old.get("format") != new.get("format"):
+        return f"it is --format {old.get('format')}, this run makes --format {new.get('format')}"
+    if old.get("source") != new.get("source"):
+        return "its input stack differs: " + _describe_plane_changes(
+            old.get("planes"), new.get("planes")
+        )
     old_info, new_info = old.get("info", {}), new.get("info", {})
     for key in ("data_type", "type"):
         if old_info.get(key) != new_info.get(key):
@@ -87,22 +99,69 @@ def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "its levels, sizes, chunk size or voxel size differ"
 
 
+def _describe_plane_changes(old: Any, new: Any) -> str:
+    """Which planes differ between two recorded plane lists, in a line."""
+    if not isinstance(old, list) or not isinstance(new, list):
+        return "the planes' names, sizes or order changed"
+
+    def show(names: list[str]) -> str:
+        return ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+
+    old_names = [str(p[0]) for p in old]
+    new_names = [str(p[0]) for p in new]
+    added = [n for n in new_names if n not in set(old_names)]
+    removed = [n for n in old_names if n not in set(new_names)]
+    if added or removed:
+        parts = [f"the run was of {len(old)} planes, now {len(new)}"]
+        if added:
+            parts.append(f"new: {show(added)}")
+        if removed:
+            parts.append(f"gone: {show(removed)}")
+        return "; ".join(parts)
+    if old_names != new_names:
+        moved = [n for n, m in zip(new_names, old_names) if n != m]
+        return f"the planes are taken in another order (first moved: {show(moved)}; see --order)"
+    old_sizes = dict((str(n), s) for n, s in old)
+    changed = [f"{n} ({old_sizes[n]} -> {s} bytes)" for n, s in new if old_sizes[str(n)] != s]
+    if changed:
+        return f"changed since the run started: {', '.join(changed[:3])}" + (
+            f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        )
+    return "the planes changed"
+
+
+def _foreign_names(root: WritableLocation, known: set[str]) -> list[str]:
+    return sorted(set(root.names()) - known)
+
+
+def _foreign_message(dest: str, foreign: list[str], *, overwriting: bool) -> str:
+    listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    verb = "refusing to overwrite them" if overwriting else "they are not part of a volume"
+    inside = dest.rstrip("/") + "/volume"
+    return (
+        f"--dest {dest!r} holds files of yours ({listed}); {verb}: give an empty or new "
+        f"folder, e.g. --dest {inside!r}"
+    )
+
+
+def _volume_names(root: WritableLocation) -> set[str]:
+    """Names a volume made by this tool (or the original) may leave in its folder."""
+    known = {INFO_NAME, STATE_DIR, ".zgroup"}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        known |= {s["key"] for s in json.loads(root.read(INFO_NAME) or b"")["scales"]}
+    return known
+
+
 def _clear_destination(root: WritableLocation, dest: str) -> None:
     """Remove a previous volume, refusing when the folder holds anything else."""
     run = _read_run(root)
-    known = {INFO_NAME, STATE_DIR, ".zgroup"}
+    known = _volume_names(root)
     if run and "info" in run:
         known |= {s["key"] for s in run["info"]["scales"]}
-    else:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            known |= {s["key"] for s in json.loads(root.read(INFO_NAME) or b"")["scales"]}
     names = root.names()
-    foreign = sorted(set(names) - known)
+    foreign = _foreign_names(root, known)
     if foreign:
-        raise StoreExistsError(
-            f"--dest {dest!r} holds files that are not part of a volume ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); refusing to overwrite: choose an empty folder"
-        )
+        raise StoreExistsError(_foreign_message(dest, foreign, overwriting=True))
     for name in names:
         root.remove(name)
 
@@ -125,24 +184,35 @@ def prepare_destination(
             assert run is not None
             log.info("resuming the conversion recorded in %s/%s", dest, _state_name(RUN_FILE))
             return run
+        elif same and run is not None and run.get("complete"):
+            raise AlreadyConvertedError(
+                f"{dest} already holds this volume, converted from the same stack with the same "
+                "settings: nothing to do (--overwrite makes it again)"
+            )
         elif same:
-            assert run is not None
-            state = "a finished" if run.get("complete") else "an unfinished"
-            hint = "nothing to do" if run.get("complete") else "add --resume to finish it"
             raise StoreExistsError(
-                f"--dest {dest!r} already holds {state} conversion of this stack: {hint}, "
-                "or add --overwrite to start again"
+                f"--dest {dest!r} holds an unfinished conversion of this stack: run the same "
+                "command with --resume to finish it (or --overwrite to start again)"
             )
         elif run:
+            remedy = "run with --overwrite to replace it (or choose another --dest)"
+            if resume and run.get("format") == wanted["format"]:
+                remedy = (
+                    "its finished parts cannot be kept: run the same command with --overwrite "
+                    "instead of --resume to convert it again"
+                )
             raise StoreExistsError(
                 f"--dest {dest!r} holds a different volume ({_describe_difference(run, wanted)}); "
-                "choose another folder or add --overwrite to replace it"
+                + remedy
             )
         else:
-            what = "a volume" if root.stamp(INFO_NAME) is not None else "files"
+            foreign = _foreign_names(root, _volume_names(root))
+            if foreign:
+                raise StoreExistsError(_foreign_message(dest, foreign, overwriting=False))
             raise StoreExistsError(
-                f"--dest {dest!r} already holds {what} not made by this tool's current run; "
-                "choose an empty folder or add --overwrite to replace it"
+                f"--dest {dest!r} already holds a volume this tool did not start (made by the "
+                "original tool, or by another program): run with --overwrite to replace it, or "
+                "choose another --dest"
             )
     root.write(_state_name(RUN_FILE), json.dumps(wanted, indent=1).encode())
     return wanted
@@ -248,6 +318,7 @@ def iter_convert(
         "format": store.format_name,
         "source": source_fingerprint(source),
         "info": pyramid.to_info(),
+        "planes": plane_list(source),
     }
     stages = plan_stages(
         pyramid,
@@ -265,7 +336,7 @@ def iter_convert(
         started = time.perf_counter()
         yield _start_stage(source, store, stage, executor, budget.n_workers)
         elapsed = time.perf_counter() - started
-        log.info("levels %d-%d done in %.1f s", stage.first, stage.last, elapsed)
+        log.debug("levels %d-%d done in %.1f s", stage.first, stage.last, elapsed)
     store.write_info()
     run["complete"] = True
     store.files.write(_state_name(RUN_FILE), json.dumps(run, indent=1).encode())

@@ -4,10 +4,13 @@ Arrays are (z, y, x), or (z, y, x, c) for volumes of several channels. ``raw`` i
 little-endian C-order bytes of the (c, z, y, x) array, which is Neuroglancer's x-fastest layout.
 ``jpeg`` and ``png`` store the chunk as one 2D image, ``x`` wide and ``y * z`` tall (the tiling
 Neuroglancer decodes), channels as the pixels' samples. ``compressed_segmentation`` is the
-block-wise label encoding, through the seung-lab ``compressed_segmentation`` package.
+block-wise label encoding, through the seung-lab ``compressed_segmentation`` package (an
+extra, ``precomputed-tif[segmentation]``: its wheels require pytest and click at run time).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -28,12 +31,26 @@ def check_encoding(encoding: str, data_type: str) -> None:
     """Raise PlanError when `encoding` cannot hold `data_type`."""
     if encoding not in ENCODINGS:
         raise PlanError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+    if encoding == "compressed_segmentation":
+        _segmentation_codec()
     allowed = ALLOWED_TYPES[encoding]
     if allowed is not None and data_type not in allowed:
         raise PlanError(
             f"encoding {encoding} holds {' or '.join(allowed)}, not {data_type}; "
             "choose --encoding raw"
         )
+
+
+def _segmentation_codec() -> Any:
+    """The compressed_segmentation module, or an error saying how to install it."""
+    try:
+        import compressed_segmentation
+    except ImportError:
+        raise PlanError(
+            "the compressed_segmentation encoding needs the compressed-segmentation package: "
+            "pip install 'precomputed-tif[segmentation]'"
+        ) from None
+    return compressed_segmentation
 
 
 def encode_chunk(
@@ -58,11 +75,9 @@ def encode_chunk(
 
         return bytes(imagecodecs.png_encode(np.ascontiguousarray(image)))
     if encoding == "compressed_segmentation":
-        import compressed_segmentation
-
         # its 'F' order takes an (x, y, z) Fortran array: our (z, y, x) C array transposed
         return bytes(
-            compressed_segmentation.compress(
+            _segmentation_codec().compress(
                 np.ascontiguousarray(data).T, block_size=block_size, order="F"
             )
         )
@@ -84,6 +99,7 @@ def decode_chunk(
     """
     nz, ny, nx = shape_zyx
     samples = (channels,) if channels > 1 else ()
+    codec = _segmentation_codec() if encoding == "compressed_segmentation" else None
     try:
         if encoding == "raw":
             data = np.frombuffer(blob, dtype.newbyteorder("<"))
@@ -95,14 +111,12 @@ def decode_chunk(
 
             image = imagecodecs.imread(blob)
             return np.asarray(image, dtype).reshape(nz, ny, nx, *samples)
-        if encoding == "compressed_segmentation":
-            import compressed_segmentation
-
+        if codec is not None:
             if channels > 1:  # the spec allows one channel for segmentations
                 raise StoreError(
                     f"compressed_segmentation chunks of {channels} channels are not supported"
                 )
-            xyz = compressed_segmentation.decompress(
+            xyz = codec.decompress(
                 blob, (nx, ny, nz), dtype, block_size=block_size, order="F"
             )
             return np.ascontiguousarray(np.asarray(xyz).reshape(nx, ny, nz).T)

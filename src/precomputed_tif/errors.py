@@ -26,3 +26,7 @@ class StoreExistsError(StoreError, FileExistsError):
 
 class PlanError(PrecomputedTifError, ValueError):
     """The requested pyramid or task plan is impossible (bad levels, chunk size, memory)."""
+
+
+class AlreadyConvertedError(StoreExistsError):
+    """The destination already holds the finished conversion asked for: nothing to do."""

@@ -154,6 +154,11 @@ class Pyramid:
         return replace(self, scales=tuple(scales))
 
 
+def max_levels(size: XYZ) -> int:
+    """Levels until every axis is one voxel (each level halves, rounding up)."""
+    return 1 + max((s - 1).bit_length() for s in size)
+
+
 def plan_pyramid(
     size: XYZ,
     dtype: str,
@@ -183,6 +188,13 @@ def plan_pyramid(
         raise PlanError(f"volume size {size} must be at least one voxel on every axis")
     if levels is not None and levels < 1:
         raise PlanError(f"--levels {levels} must be at least 1")
+    most = max_levels(size)
+    if levels is not None and levels > most:
+        raise PlanError(
+            f"--levels {levels} is more than a {'x'.join(map(str, size))} volume can have: level "
+            f"{most} is already 1x1x1, so give --levels {most} or less (or leave it out: levels "
+            "then stop when the coarsest fits in one chunk)"
+        )
     scales = []
     level_size = size
     level = 1

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..serve.server import DEFAULT_CONNECTION_LIMIT, DEFAULT_TIMEOUT
-from ._common import add_log_argument, parse_size, run_command, setup_logging
+from ._common import Parser, add_log_argument, parse_size, run_command, setup_logging
+
+if TYPE_CHECKING:
+    from ..serve.server import Server
 
 log = logging.getLogger("precomputed_tif")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="precomputed-webserver",
         description="Serve precomputed volumes over HTTP with CORS, for Neuroglancer.",
     )
@@ -85,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also serve the Neuroglancer viewer and print a link to it (needs [viewer] extra)",
     )
-    add_log_argument(parser)
+    add_log_argument(parser, bars=False)
     return parser
 
 
@@ -98,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         from ..serve.app import DEFAULT_CACHE_BYTES, PrecomputedApp
         from ..serve.config import Options, SourceTable, resolve_source
-        from ..serve.server import Server
 
         viewer = None
         if args.viewer:
@@ -127,14 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             app = PrecomputedApp(single=source, beside=beside, **common)
             served = [(os.path.basename(source.directory) or "volume", "", source.directory)]
             served += [(name, "/" + name, s.directory) for name, s in beside.items()]
-        server = Server(
-            app,
-            args.bind,
-            args.port,
-            args.threads,
-            timeout=args.timeout,
-            connection_limit=args.connection_limit,
-        )
+        server = _bind(app, args)
         where = args.config or source.directory
         print(f"Serving {where} at {server.url}", flush=True)
         if args.viewer:
@@ -152,6 +149,37 @@ def main(argv: list[str] | None = None) -> int:
 
 def _first(*values: object) -> Any:
     return next(v for v in values if v is not None)
+
+
+def _bind(app: Any, args: argparse.Namespace) -> Server:
+    """The bound server, or the reason it cannot bind in a user's words."""
+    from ..errors import PrecomputedTifError
+    from ..serve.server import Server
+
+    try:
+        return Server(
+            app,
+            args.bind,
+            args.port,
+            args.threads,
+            timeout=args.timeout,
+            connection_limit=args.connection_limit,
+        )
+    except OSError as exc:
+        where = f"port {args.port} on {args.bind}"
+        if exc.errno == errno.EADDRINUSE:
+            reason = (
+                "is in use (another server?): choose another --port, or --port 0 for any free one"
+            )
+        elif exc.errno == errno.EACCES:
+            reason = "needs administrator rights (ports below 1024): choose --port 1024 or above"
+        elif exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(
+            exc, socket.gaierror
+        ):
+            reason = "cannot be used: this machine has no such address (see --bind)"
+        else:
+            reason = f"cannot be used: {exc.strerror or exc}"
+        raise PrecomputedTifError(f"{where} {reason}") from exc
 
 
 def _link(base_url: str, served: list[tuple[str, str, str]]) -> str:

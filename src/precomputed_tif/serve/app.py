@@ -179,6 +179,11 @@ class PrecomputedApp:
         if len(parts) < 1 or not parts[0]:
             raise HttpError(404, "the viewer lives at /v/ng/")
         files = parts[1:] if len(parts) > 1 and parts[1] else ["index.html"]
+        if files == ["index.html"]:
+            from .viewer import index_page
+
+            html_type = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"}
+            return Response(200, index_page(self.viewer), html_type)
         viewer = Source("viewer", self.viewer, "raw")
         return volumes.serve_file(viewer, files)
 
