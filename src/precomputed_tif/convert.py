@@ -10,6 +10,7 @@ uninterrupted run. The driver never touches voxels: it sends task records and re
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -20,19 +21,22 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import StoreExistsError
+from .errors import IncompleteRunError, PrecomputedTifError, SourceError, StoreExistsError
 from .locations import LocalLocation, WritableLocation
 from .plan import Stage, Task, describe_plan, plan_stages, stage_tasks
 from .pyramid import Pyramid
 from .run import TaskResult, run_task
-from .sources import PlaneSource, file_size
+from .sources import PlaneSource, PlaneStamp
 from .stores import ChunkStore
-from .stores.base import INFO_NAME, STATE_DIR
+from .stores.base import INFO_NAME, STATE_DIR, TMP_DIR
+from .stores.blockfs import PartDamagedError
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+PLANES_FILE = "planes.json"
 STATE_VERSION = 1
+RESUME_HINT = "the volume is incomplete: run again with --resume to finish"
 
 # progress(level, voxels just finished, voxels in the level)
 Progress = Callable[[int, int, int], None]
@@ -46,15 +50,35 @@ class Budget:
     task_bytes: int
 
 
+def source_stamps(source: PlaneSource) -> list[list[Any]]:
+    """Name, size, modification time (and a content sample where times are coarse) of every
+    plane file, as the header pass found them."""
+    stamps: tuple[PlaneStamp, ...] = getattr(source, "stamps", ())
+    return [stamp.to_json() for stamp in stamps]
+
+
 def source_fingerprint(source: PlaneSource) -> str:
-    """A digest of what the source is (file names and sizes, or shape), to match on resume."""
+    """A digest of what the source is (its planes' stamps, or its shape), to match on resume."""
     digest = hashlib.sha256()
     digest.update(repr((type(source).__name__, source.size, source.dtype.str)).encode())
-    for path in getattr(source, "paths", ()) or (getattr(source, "path", ""),):
-        if path:
-            digest.update(os.path.basename(path).encode())
-            digest.update(str(file_size(path)).encode())
+    digest.update(json.dumps(source_stamps(source)).encode())
     return digest.hexdigest()
+
+
+def _changed_plane(old: list[list[Any]], new: list[list[Any]]) -> str | None:
+    """Which plane differs between two stamp lists, said the way a user can act on it."""
+    before = {str(s[0]): s for s in old}
+    for stamp in new:
+        was = before.pop(str(stamp[0]), None)
+        if was is None:
+            return f"plane {stamp[0]!r} was not there"
+        if was[1] != stamp[1]:
+            return f"plane {stamp[0]!r} changed size ({was[1]} bytes, now {stamp[1]})"
+        if list(was) != list(stamp):
+            return f"plane {stamp[0]!r} was modified"
+    if before:
+        return f"plane {next(iter(before))!r} is gone"
+    return None
 
 
 def _state_name(name: str) -> str:
@@ -121,6 +145,11 @@ def prepare_destination(
         )
         if overwrite:
             _clear_destination(root, dest)
+        elif resume and run and _same_except_source(run, wanted):
+            raise SourceError(
+                f"cannot resume into --dest {dest!r}: {_source_change(root, wanted)} since the "
+                "run began; restore the planes it began with, or add --overwrite to start again"
+            )
         elif same and resume:
             assert run is not None
             log.info("resuming the conversion recorded in %s/%s", dest, _state_name(RUN_FILE))
@@ -144,8 +173,25 @@ def prepare_destination(
                 f"--dest {dest!r} already holds {what} not made by this tool's current run; "
                 "choose an empty folder or add --overwrite to replace it"
             )
+    root.write(_state_name(PLANES_FILE), json.dumps(wanted.pop("planes", [])).encode())
     root.write(_state_name(RUN_FILE), json.dumps(wanted, indent=1).encode())
     return wanted
+
+
+def _same_except_source(run: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    return (
+        run.get("version") == STATE_VERSION
+        and run.get("source") != wanted["source"]
+        and all(run.get(k) == wanted[k] for k in ("format", "info"))
+    )
+
+
+def _source_change(root: WritableLocation, wanted: dict[str, Any]) -> str:
+    try:
+        old = json.loads(root.read(_state_name(PLANES_FILE)) or b"[]")
+    except ValueError:
+        old = []
+    return _changed_plane(old, wanted.get("planes", [])) or "the input stack changed"
 
 
 def _stage_to_json(stage: Stage) -> dict[str, Any]:
@@ -190,7 +236,7 @@ class _DoneLog:
             self.file.close()
 
 
-def _run_in_order(executor: Executor, tasks: list[Task], window: int) -> Iterator[TaskResult]:
+def run_in_order(executor: Executor, tasks: list[Task], window: int) -> Iterator[TaskResult]:
     """Submit tasks in order with at most `window` in flight; yield results as they finish."""
     pending: set[Future[TaskResult]] = set()
     queue = iter(tasks)
@@ -218,9 +264,15 @@ def convert(
     budget: Budget,
     resume: bool = False,
     overwrite: bool = False,
+    repair: bool = False,
     progress: Progress | None = None,
 ) -> None:
-    """Convert `source` into `store` (whose pyramid says what to make), running on `executor`."""
+    """Convert `source` into `store` (whose pyramid says what to make), running on `executor`.
+
+    `resume` finishes an interrupted run; `repair` (which implies it) then checks every chunk and
+    makes the damaged or missing ones again, with the coarser chunks made from them. A worker or
+    storage failure raises `IncompleteRunError`: the run state stays and a resumed run finishes.
+    """
     pyramid: Pyramid = store.pyramid
     wanted = {
         "version": STATE_VERSION,
@@ -235,19 +287,72 @@ def convert(
         read_overhead=source.read_overhead_bytes,
     )
     wanted["stages"] = [_stage_to_json(s) for s in stages]
-    run = prepare_destination(store.files, wanted, resume=resume, overwrite=overwrite)
+    wanted["planes"] = source_stamps(source)
+    run = prepare_destination(
+        store.files, wanted, resume=resume or repair, overwrite=overwrite
+    )
     stages = tuple(_stage_from_json(s) for s in run["stages"])
+    store.files.remove(_state_name(TMP_DIR))  # what writes killed mid-way left behind
     _warn_about_crowded_folders(store)
     for line in describe_plan(pyramid, stages, store.format_name, source.read_overhead_bytes):
         log.info("%s", line)
-    for stage in stages:
-        started = time.perf_counter()
-        _run_stage(source, store, stage, executor, budget.n_workers, progress)
-        elapsed = time.perf_counter() - started
-        log.info("levels %d-%d done in %.1f s", stage.first, stage.last, elapsed)
+    try:
+        if not run.get("complete"):
+            for stage in stages:
+                started = time.perf_counter()
+                _run_stage(source, store, stage, executor, budget.n_workers, progress)
+                elapsed = time.perf_counter() - started
+                log.info("levels %d-%d done in %.1f s", stage.first, stage.last, elapsed)
+        if repair:
+            from .repair import repair_volume
+
+            repair_volume(source, store, stages, executor, budget.n_workers, run)
+    except IncompleteRunError:
+        raise
+    except Exception as exc:
+        reason = describe_failure(exc)
+        if reason is None:
+            raise
+        raise IncompleteRunError(f"{reason}; {RESUME_HINT}") from exc
     store.write_info()
     run["complete"] = True
     store.files.write(_state_name(RUN_FILE), json.dumps(run, indent=1).encode())
+    store.clean_up()
+    store.files.remove(_state_name(TMP_DIR))
+
+
+def mark_incomplete(store: ChunkStore, run: dict[str, Any]) -> None:
+    """Make a finished volume look unfinished again (before repairing it)."""
+    run["complete"] = False
+    store.files.write(_state_name(RUN_FILE), json.dumps(run, indent=1).encode())
+    store.files.remove(INFO_NAME)
+
+
+def describe_failure(exc: BaseException) -> str | None:
+    """What went wrong, in a user's words, when a run stops for a reason outside our code (a
+    worker killed, a disk full, an object store gone); None for anything else (a bug)."""
+    from concurrent.futures import BrokenExecutor, CancelledError
+
+    name = type(exc).__name__
+    module = type(exc).__module__.split(".")[0]
+    if isinstance(exc, PrecomputedTifError):
+        return str(exc)
+    if isinstance(exc, BrokenExecutor):
+        return "a worker process died (killed, or out of memory)"
+    if name == "KilledWorker":
+        return "Dask workers died while running a task (killed, or out of memory)"
+    if isinstance(exc, CancelledError) or name in ("CommClosedError", "FutureCancelledError"):
+        return f"the Dask cluster lost a task ({name})"
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            where = f" writing {exc.filename!r}" if exc.filename else ""
+            return f"no space left on the device{where}"
+        return f"cannot read or write the volume: {exc}"
+    if module in ("botocore", "aiobotocore", "s3fs", "gcsfs", "aiohttp", "fsspec"):
+        return f"the object store failed: {exc}"
+    if isinstance(exc, MemoryError):
+        return "a task ran out of memory: lower --task-memory or raise --memory"
+    return None
 
 
 CROWDED_FOLDER = 100_000
@@ -274,6 +379,11 @@ def _warn_about_crowded_folders(store: ChunkStore) -> None:
             )
 
 
+def stage_complete_name(stage: Stage) -> str:
+    """Written once every level of the stage is finished: a resumed run skips the stage."""
+    return _state_name(f"done-{stage.first}.complete")
+
+
 def _run_stage(
     source: PlaneSource,
     store: ChunkStore,
@@ -283,6 +393,12 @@ def _run_stage(
     progress: Progress | None,
 ) -> None:
     pyramid = store.pyramid
+    if store.files.stamp(stage_complete_name(stage)) is not None:
+        if progress is not None:
+            for level in stage.levels:
+                sx, sy, sz = pyramid.scale(level).size
+                progress(level, sx * sy * sz, sx * sy * sz)
+        return
     tasks = stage_tasks(pyramid, stage, store, source)
     done_log = _DoneLog(store.files, stage)
     done = done_log.read()
@@ -291,11 +407,20 @@ def _run_stage(
     finished: dict[int, TaskResult | None] = {i: None for i in done}
     next_commit = 0
 
+    def commit(index: int) -> None:
+        for level in stage.levels:
+            try:
+                store.commit_task(level, index)
+            except PartDamagedError as exc:
+                # the done log outlived the task's output (a lost write): make it again
+                log.warning("%s: running task %d of levels %s again", exc, index, stage.levels)
+                executor.submit(run_task, tasks[index]).result()
+                store.commit_task(level, index)
+
     def commit_ready() -> None:
         nonlocal next_commit
         while next_commit < len(tasks) and next_commit in finished:
-            for level in stage.levels:
-                store.commit_task(level, next_commit)
+            commit(next_commit)
             next_commit += 1
 
     if progress is not None:
@@ -310,7 +435,7 @@ def _run_stage(
     commit_ready()
     try:
         todo = [t for t in tasks if t.index not in done]
-        for result in _run_in_order(executor, todo, window=2 * n_workers + 1):
+        for result in run_in_order(executor, todo, window=2 * n_workers + 1):
             done_log.add(result.index)
             finished[result.index] = result
             if progress is not None:
@@ -322,3 +447,4 @@ def _run_stage(
         done_log.close()
     for level in stage.levels:
         store.finish_level(level)
+    store.files.write(stage_complete_name(stage), b"")

@@ -26,3 +26,7 @@ class StoreExistsError(StoreError, FileExistsError):
 
 class PlanError(PrecomputedTifError, ValueError):
     """The requested pyramid or task plan is impossible (bad levels, chunk size, memory)."""
+
+
+class IncompleteRunError(PrecomputedTifError, RuntimeError):
+    """A conversion stopped part-way (a worker died, storage failed); resuming it finishes it."""

@@ -41,10 +41,21 @@ def is_remote(url: str) -> bool:
     return url_scheme(url) not in LOCAL_SCHEMES
 
 
-def write_atomically(path: str, data: bytes | memoryview) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
+def write_atomically(path: str, data: bytes | memoryview, tmp_dir: str | None = None) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one.
+
+    The bytes go first to a temporary file in `tmp_dir` (on the same file system; default: beside
+    `path`), so a process killed mid-write leaves its debris there, not among the chunks.
+    """
+    folder = tmp_dir or os.path.dirname(path) or "."
+    suffix = "-" + os.path.basename(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    except FileNotFoundError:
+        if tmp_dir is None:
+            raise
+        os.makedirs(tmp_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -103,9 +114,10 @@ class WritableLocation(Location, Protocol):
 
 
 class LocalLocation:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, tmp_dir: str | None = None) -> None:
         self.path = path
         self.url = path
+        self.tmp_dir = tmp_dir
 
     def _file(self, name: str) -> str:
         return os.path.join(self.path, *name.split("/")) if name else self.path
@@ -113,10 +125,10 @@ class LocalLocation:
     def write(self, name: str, data: bytes | memoryview) -> None:
         path = self._file(name)
         try:
-            write_atomically(path, data)
+            write_atomically(path, data, self.tmp_dir)
         except FileNotFoundError:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            write_atomically(path, data)
+            write_atomically(path, data, self.tmp_dir)
 
     def stamp(self, name: str) -> tuple[int, int] | None:
         return file_stamp(self._file(name))
@@ -157,7 +169,7 @@ class LocalLocation:
             return None
 
     def child(self, name: str) -> LocalLocation:
-        return LocalLocation(self._file(name))
+        return LocalLocation(self._file(name), self.tmp_dir)
 
 
 class HttpLocation:
