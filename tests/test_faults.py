@@ -1,0 +1,197 @@
+"""Faults met the way a user meets them: workers SIGKILLed by pid, runs killed right after a
+stage, planes rewritten before ``--resume``; the answer is byte-identical output or a one-line
+error that says how to finish, never a volume that looks complete and is not."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+import tifffile
+
+from conftest import random_stack, reference_pyramid, write_planes
+from test_cli import CLI, _tree, assert_one_line_error, run_cli
+from test_convert import assert_every_chunk_equal
+
+RESUME_HINT = "run again with --resume to finish"
+
+
+def done_entries(dest: str) -> int:
+    """Tasks the run has recorded as finished, over every stage."""
+    state = os.path.join(dest, ".precomputed-tif")
+    total = 0
+    for name in os.listdir(state) if os.path.isdir(state) else []:
+        if name.startswith("done-") and not name.endswith(".complete"):
+            try:
+                with open(os.path.join(state, name)) as f:
+                    total += len(f.read().split())
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def worker_processes(pid: int) -> list[psutil.Process]:
+    """The worker processes under a converter (process pool or local Dask cluster)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "spawn_main" in command or "forkserver" in command and "main(" not in command:
+            found.append(child)
+    return found
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*CLI, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(process: subprocess.Popen, ready, timeout: float = 120) -> bool:
+    """Poll `ready()` until true; False when the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.002)
+    raise AssertionError("the run never reached the point to interrupt it")
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def assert_finishes_identically(
+    result: subprocess.CompletedProcess, args: list[str], dest: str, reference: str
+) -> None:
+    """Exit 0 only with the reference's bytes; otherwise a one-line error naming --resume, and
+    the resumed run gives the reference's bytes."""
+    if result.returncode != 0:
+        assert_one_line_error(result, RESUME_HINT)
+        assert not os.path.exists(os.path.join(dest, "info"))
+        resumed = run_cli(*args, "--dest", dest, "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+    assert _tree(dest) == _tree(reference)
+
+
+@pytest.fixture(scope="module")
+def big_stack(tmp_path_factory):
+    """Large enough that blockfs part files take a while to copy."""
+    folder = tmp_path_factory.mktemp("big")
+    stack = random_stack((128, 400, 480), "uint16", seed=41)
+    return stack, write_planes(folder / "planes", stack)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(1))
+def test_dask_worker_killed_while_the_driver_copies_its_part(tmp_path, big_stack, trial):
+    """A worker killed after its task finished makes Dask run the task again while the driver
+    copies the first run's part into the block file: the copy must stay whole."""
+    pytest.importorskip("distributed")
+    stack, source = big_stack
+    args = ["--source", source, "--format", "blockfs", "--chunk-size", "64,64,64"]
+    args += ["--task-memory", "48M", "--log", "WARNING"]
+    reference, dest = str(tmp_path / "ref"), str(tmp_path / "out")
+    assert run_cli(*args, "--dest", reference).returncode == 0
+    process = start([*args, "--dest", dest, "--dask-workers", "2"])
+    wait_for(process, lambda: done_entries(dest) >= 1)
+    workers = worker_processes(process.pid)
+    if workers:
+        workers[trial % len(workers)].kill()
+    result = finish(process)
+    assert_finishes_identically(result, args, dest, reference)
+    assert_every_chunk_equal(dest, reference_pyramid(stack, 4))
+
+
+def test_a_rerun_of_a_task_cannot_truncate_the_part_being_committed(tmp_path):
+    """The race of a lost Dask worker, made deterministic: the same task runs again and, half-way
+    through writing, the driver commits the task. The commit must copy the whole first part."""
+    from precomputed_tif import ArraySource, Budget, convert, create_store, plan_pyramid
+    from precomputed_tif.executors import SerialExecutor
+    from precomputed_tif.plan import plan_stages, stage_tasks
+    from precomputed_tif.run import run_task
+    from precomputed_tif.stores import blockfs
+
+    stack = random_stack((32, 64, 64), "uint16", seed=5)
+    source = ArraySource(stack)
+    pyramid = plan_pyramid(source.size, "uint16", voxel_size_nm=(1, 1, 1), chunk_size=(16,) * 3)
+    budget = Budget(n_workers=1, task_bytes=2**30)
+    reference = create_store("blockfs", str(tmp_path / "ref"), pyramid)
+    convert(source, reference, executor=SerialExecutor(), budget=budget)
+
+    store = create_store("blockfs", str(tmp_path / "out"), pyramid)
+    (stage,) = plan_stages(pyramid, task_budget_bytes=2**30, n_workers=1)
+    (task,) = stage_tasks(pyramid, stage, store, source)
+    for level in stage.levels:
+        store.prepare_level(level)
+    run_task(task)  # the first run finished; its worker is lost before the result is used
+    committed = []
+    original = blockfs._PartWriter.write_chunk
+
+    def write_and_commit(self, box, data):
+        original(self, box, data)
+        if not committed:  # the driver commits while the rerun is half-way through
+            for level in stage.levels:
+                store.commit_task(level, task.index)
+            committed.append(True)
+
+    blockfs._PartWriter.write_chunk = write_and_commit
+    try:
+        run_task(task)
+    finally:
+        blockfs._PartWriter.write_chunk = original
+    for level in stage.levels:
+        store.finish_level(level)
+    store.write_info()
+    for level in stage.levels:
+        key = pyramid.scale(level).key
+        for name in ("precomputed.blockfs.0",):
+            assert (tmp_path / "out" / key / name).read_bytes() == (
+                tmp_path / "ref" / key / name
+            ).read_bytes()
+    assert_every_chunk_equal(str(tmp_path / "out"), reference_pyramid(stack, pyramid.n_levels))
+
+
+def second_stage_started(dest: str) -> bool:
+    state = os.path.join(dest, ".precomputed-tif")
+    names = os.listdir(state) if os.path.isdir(state) else []
+    return any(n.startswith("done-") and n != "done-1" and "." not in n for n in names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["blockfs", "tiff", "precomputed --sharded"])
+def test_killed_right_after_a_stage_finished_resumes_identically(tmp_path, fmt):
+    stack = random_stack((64, 96, 96), "uint16", seed=43)
+    source = write_planes(tmp_path / "planes", stack)
+    args = ["--source", source, "--format", *fmt.split(), "--chunk-size", "16,16,16"]
+    args += ["--task-memory", "1M", "--n-cores", "1", "--log", "WARNING"]
+    reference, dest = str(tmp_path / "ref"), str(tmp_path / "out")
+    assert run_cli(*args, "--dest", reference).returncode == 0
+    process = start([*args, "--dest", dest])
+    assert wait_for(process, lambda: second_stage_started(dest)), "the run had one stage"
+    os.killpg(process.pid, signal.SIGKILL)
+    assert finish(process).returncode == -signal.SIGKILL
+    resumed = run_cli(*args, "--dest", dest, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _tree(dest) == _tree(reference)
+    again = run_cli(*args, "--dest", dest, "--resume")  # a finished volume: nothing to redo
+    assert again.returncode == 0, again.stderr
+    assert _tree(dest) == _tree(reference)
+    assert_every_chunk_equal(dest, reference_pyramid(stack, 4))
