@@ -195,3 +195,33 @@ def test_killed_right_after_a_stage_finished_resumes_identically(tmp_path, fmt):
     assert again.returncode == 0, again.stderr
     assert _tree(dest) == _tree(reference)
     assert_every_chunk_equal(dest, reference_pyramid(stack, 4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep_time", [False, True], ids=["new-mtime", "same-mtime"])
+def test_a_plane_rewritten_with_the_same_size_is_refused_on_resume(tmp_path, keep_time):
+    """Between the kill and --resume a plane gets new voxels but keeps its size (and, copied with
+    its times kept, its modification time too): resuming would mix old and new voxels."""
+    from test_cli import SLOW_RUN, _interrupt_after_progress
+
+    stack = random_stack((96, 192, 160), "uint16", seed=47)
+    source = write_planes(tmp_path / "planes", stack)
+    plane = tmp_path / "planes" / "plane_0050.tif"
+    for path in (tmp_path / "planes").iterdir():
+        os.utime(path, ns=(1_700_000_000 * 10**9,) * 2)  # whole seconds: times untrustworthy
+    args = ["--source", source, "--format", "zarr", *SLOW_RUN]
+    dest = str(tmp_path / "out")
+    killed = _interrupt_after_progress([*args, "--dest", dest], dest, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    before = plane.stat()
+    tifffile.imwrite(plane, stack[50] ^ 0xFF)
+    assert plane.stat().st_size == before.st_size
+    if keep_time:
+        os.utime(plane, ns=(before.st_atime_ns, before.st_mtime_ns))
+    refused = run_cli(*args, "--dest", dest, "--resume")
+    assert_one_line_error(refused, "'plane_0050.tif'", "--overwrite")
+    tifffile.imwrite(plane, stack[50])  # the original restored: the run resumes
+    os.utime(plane, ns=(before.st_atime_ns, before.st_mtime_ns))
+    resumed = run_cli(*args, "--dest", dest, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_every_chunk_equal(dest, reference_pyramid(stack, 4))
