@@ -225,3 +225,47 @@ def test_a_plane_rewritten_with_the_same_size_is_refused_on_resume(tmp_path, kee
     resumed = run_cli(*args, "--dest", dest, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert_every_chunk_equal(dest, reference_pyramid(stack, 4))
+
+
+def _convert_jpeg(tmp_path, name, stack, task_bytes, *, sharded=False, n_workers=2):
+    from precomputed_tif import ArraySource, Budget, convert, create_store, plan_pyramid
+    from precomputed_tif.executors import SerialExecutor
+
+    source = ArraySource(stack)
+    pyramid = plan_pyramid(
+        source.size, "uint8", voxel_size_nm=(1, 1, 1), chunk_size=(16,) * 3, encoding="jpeg"
+    )
+    if sharded:
+        pyramid = pyramid.sharded(task_bytes)
+    store = create_store("precomputed", str(tmp_path / name), pyramid)
+    budget = Budget(n_workers=n_workers, task_bytes=task_bytes)
+    convert(source, store, executor=SerialExecutor(), budget=budget)
+    assert not (tmp_path / name / ".precomputed-tif" / "exact").exists()
+    return pyramid
+
+
+def test_jpeg_levels_do_not_depend_on_how_the_run_was_cut(tmp_path):
+    """Every level is made from exact voxels, never from decoded jpeg: one stage or many, sharded
+    or not, the same stack gives the same pyramid."""
+    import numpy as np
+
+    from precomputed_tif import open_volume
+    from precomputed_tif.plan import plan_stages
+
+    rng = np.random.default_rng(53)
+    stack = (rng.random((64, 96, 112)) * 40 + np.arange(112) * 2).astype("uint8")
+    one = _convert_jpeg(tmp_path, "one", stack, 2**30, n_workers=1)
+    many = _convert_jpeg(tmp_path, "many", stack, 60_000)
+    sharded = _convert_jpeg(tmp_path, "sharded", stack, 60_000, sharded=True)
+    assert len(plan_stages(one, task_budget_bytes=2**30, n_workers=1)) == 1
+    assert len(plan_stages(many, task_budget_bytes=60_000, n_workers=2)) > 1
+    assert len(plan_stages(sharded, task_budget_bytes=60_000, n_workers=2)) == 4
+    assert _tree(str(tmp_path / "many")) == _tree(str(tmp_path / "one"))
+    volumes = [open_volume(str(tmp_path / name)) for name in ("one", "sharded")]
+    for level in range(1, len(volumes[0]) + 1):
+        np.testing.assert_array_equal(volumes[1][level][:], volumes[0][level][:])
+    # and what they hold is the jpeg of the exact reference, level by level
+    exact = reference_pyramid(stack, len(volumes[0]))
+    for level, want in enumerate(exact[1:], start=2):
+        got = volumes[0][level][:].astype(int)
+        assert np.abs(got - want.astype(int)).mean() < 2.5

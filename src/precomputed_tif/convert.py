@@ -25,7 +25,7 @@ from .errors import IncompleteRunError, PrecomputedTifError, SourceError, StoreE
 from .locations import LocalLocation, WritableLocation
 from .plan import Stage, Task, describe_plan, plan_stages, stage_tasks
 from .pyramid import Pyramid
-from .run import TaskResult, run_task
+from .run import EXACT_DIR, TaskResult, exact_copy, needs_exact_copy, run_task
 from .sources import PlaneSource, PlaneStamp
 from .stores import ChunkStore
 from .stores.base import INFO_NAME, STATE_DIR, TMP_DIR
@@ -318,6 +318,7 @@ def convert(
     run["complete"] = True
     store.files.write(_state_name(RUN_FILE), json.dumps(run, indent=1).encode())
     store.clean_up()
+    store.files.remove(_state_name(EXACT_DIR))
     store.files.remove(_state_name(TMP_DIR))
 
 
@@ -379,6 +380,14 @@ def _warn_about_crowded_folders(store: ChunkStore) -> None:
             )
 
 
+def prepare_stage(store: ChunkStore, stage: Stage) -> None:
+    """Folders and metadata the stage's tasks write into (the exact copy's too)."""
+    for level in stage.levels:
+        store.prepare_level(level)
+    if needs_exact_copy(store.pyramid, stage.last):
+        exact_copy(store).prepare_level(stage.last)
+
+
 def stage_complete_name(stage: Stage) -> str:
     """Written once every level of the stage is finished: a resumed run skips the stage."""
     return _state_name(f"done-{stage.first}.complete")
@@ -402,8 +411,7 @@ def _run_stage(
     tasks = stage_tasks(pyramid, stage, store, source)
     done_log = _DoneLog(store.files, stage)
     done = done_log.read()
-    for level in stage.levels:
-        store.prepare_level(level)
+    prepare_stage(store, stage)
     finished: dict[int, TaskResult | None] = {i: None for i in done}
     next_commit = 0
 
