@@ -269,3 +269,64 @@ def test_jpeg_levels_do_not_depend_on_how_the_run_was_cut(tmp_path):
     for level, want in enumerate(exact[1:], start=2):
         got = volumes[0][level][:].astype(int)
         assert np.abs(got - want.astype(int)).mean() < 2.5
+
+
+def _files(root, pattern):
+    return sorted(p for p in root.glob(pattern) if p.is_file())
+
+
+def _flip(path, where: float = 0.5) -> None:
+    content = bytearray(path.read_bytes())
+    at = int(len(content) * where)
+    content[at : at + 8] = bytes(b ^ 0x5A for b in content[at : at + 8])
+    path.write_bytes(bytes(content))
+
+
+def _damage(root, fmt: str) -> list[str]:
+    """Delete one piece and corrupt another, as a failing disk or a careless hand would; returns
+    fragments of what --verify should name."""
+    if fmt == "blockfs":
+        _flip(root / "1_1_1" / "precomputed.blockfs.0")  # decodes silently without a checksum
+        block_file = root / "2_2_2" / "precomputed.blockfs.0"
+        block_file.write_bytes(block_file.read_bytes()[:-100])  # entries past the end
+        return ["level 1 chunk", "checksum", "level 2 chunk"]
+    if fmt == "precomputed --sharded":
+        shards = _files(root / "1_1_1", "*.shard")
+        shards[0].unlink()
+        _flip(_files(root / "2_2_2", "*.shard")[0], 0.0)  # its shard index
+        return ["level 1 chunk", "missing", "level 2 chunk"]
+    pattern = {"tiff": "*.tiff", "zarr": "*/*/*", "precomputed": "*-*_*-*_*-*"}[fmt]
+    chunks = _files(root / "1_1_1", pattern)
+    chunks[len(chunks) // 2].unlink()
+    coarser = _files(root / "2_2_2", pattern)
+    coarser[0].write_bytes(coarser[0].read_bytes()[:50])
+    return ["level 1 chunk", "missing", "level 2 chunk", "damaged"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["tiff", "zarr", "blockfs", "precomputed", "precomputed --sharded"])
+def test_verify_finds_damage_and_repair_restores_the_bytes(tmp_path, fmt):
+    stack = random_stack((64, 80, 96), "uint16", seed=59)
+    source = write_planes(tmp_path / "planes", stack)
+    args = ["--source", source, "--format", *fmt.split(), "--chunk-size", "16,16,16"]
+    args += ["--task-memory", "1M", "--n-cores", "2", "--log", "WARNING"]
+    reference, dest = tmp_path / "ref", tmp_path / "out"
+    assert run_cli(*args, "--dest", str(reference)).returncode == 0
+    assert run_cli(*args, "--dest", str(dest)).returncode == 0
+    whole = run_cli("--verify", str(dest), "--source", source)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    assert whole.stdout.startswith("OK: all ") and "match" in whole.stdout
+
+    expected = _damage(dest, fmt)
+    found = run_cli("--verify", str(dest))
+    assert found.returncode == 1, found.stdout + found.stderr
+    verdict, *problems = found.stdout.splitlines()
+    assert verdict.startswith("DAMAGED: ") and "--resume --repair" in verdict
+    for fragment in expected:
+        assert fragment in found.stdout, found.stdout
+
+    repaired = run_cli(*args, "--dest", str(dest), "--resume", "--repair")
+    assert repaired.returncode == 0, repaired.stderr
+    assert _tree(str(dest)) == _tree(str(reference))
+    assert run_cli("--verify", str(dest)).returncode == 0
+    assert_every_chunk_equal(str(dest), reference_pyramid(stack, 4))

@@ -288,9 +288,7 @@ def convert(
     )
     wanted["stages"] = [_stage_to_json(s) for s in stages]
     wanted["planes"] = source_stamps(source)
-    run = prepare_destination(
-        store.files, wanted, resume=resume or repair, overwrite=overwrite
-    )
+    run = prepare_destination(store.files, wanted, resume=resume or repair, overwrite=overwrite)
     stages = tuple(_stage_from_json(s) for s in run["stages"])
     store.files.remove(_state_name(TMP_DIR))  # what writes killed mid-way left behind
     _warn_about_crowded_folders(store)

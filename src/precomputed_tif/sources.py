@@ -474,9 +474,7 @@ def _open_planes(paths: Sequence[str], *, decode_threads: int) -> TiffPlanesSour
     shape = (int(first.shape[0]), int(first.shape[1]))
     segment_bytes = max(h.segment_bytes for h in headers)
     stamps = tuple(h.stamp for h in headers)
-    return TiffPlanesSource(
-        tuple(paths), shape, first.dtype, decode_threads, segment_bytes, stamps
-    )
+    return TiffPlanesSource(tuple(paths), shape, first.dtype, decode_threads, segment_bytes, stamps)
 
 
 def _open_multipage(path: str) -> PlaneSource:

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="glob of TIFF planes (sorted alphabetically), a folder of them, "
         "or one multi-page TIFF",
     )
-    parser.add_argument("--dest", required=True, help="folder to write the volume into")
+    parser.add_argument("--dest", help="folder to write the volume into")
     parser.add_argument(
         "--levels",
         type=int,
@@ -111,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--resume", action="store_true", help="finish an interrupted conversion into --dest"
+    )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="with --resume: then check every chunk and make the missing or damaged ones again, "
+        "with the coarser chunks made from them",
+    )
+    parser.add_argument(
+        "--verify",
+        metavar="DEST",
+        help="check that every chunk of every level of the volume at DEST is there and decodes "
+        "(with --source, also recompute a sample from the planes); exit status 1 if not",
     )
     parser.add_argument(
         "--dry-run",
@@ -242,9 +254,43 @@ def _logging_beside(bars: _Bars) -> contextlib.AbstractContextManager[Any]:
     return logging_redirect_tqdm()
 
 
+MAX_PROBLEMS_SHOWN = 100
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """``--verify DEST``: the verdict on one line, then what is missing or damaged."""
+    from .. import open_source, open_store
+    from ..errors import PlanError
+    from ..executors import process_pool
+    from ..verify import verify_store
+
+    store = open_store(args.verify)
+    source = None
+    if args.source is not None:
+        source = open_source(args.source)
+        if source.size != store.pyramid.scale(1).size:
+            raise PlanError(
+                f"--source holds {'x'.join(map(str, source.size))} voxels; the volume at "
+                f"{args.verify!r} holds {'x'.join(map(str, store.pyramid.scale(1).size))}"
+            )
+    with process_pool(max(1, args.n_cores)) as pool:
+        report = verify_store(store, executor=pool, source=source)
+    print(report.verdict)
+    for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
+        print(f"  {problem}")
+    if len(report.problems) > MAX_PROBLEMS_SHOWN:
+        print(f"  ... and {len(report.problems) - MAX_PROBLEMS_SHOWN} more")
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verify is None and args.dest is None:
+        parser.error("the following arguments are required: --dest")
     setup_logging(args.log)
+    if args.verify is not None:
+        return run_command(lambda: _verify(args), "precomputed-tif")
 
     def work() -> int:
         from .. import convert, create_store, open_source, plan_pyramid
@@ -328,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                     budget=budget,
                     resume=args.resume,
                     overwrite=args.overwrite,
+                    repair=args.repair,
                     progress=bars,
                 )
         except KeyboardInterrupt:

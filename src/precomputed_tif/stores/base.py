@@ -111,6 +111,10 @@ class ChunkStore(ABC):
     def finish_level(self, level: int) -> None:
         """Called once every task of the level is committed."""
 
+    def repair_level(self, level: int, task_boxes: list[Box], redone: set[int]) -> None:
+        """Called after tasks `redone` of a finished level ran again; `task_boxes` are every
+        task's box of this level. Layouts of one file per chunk (or shard) have nothing to do."""
+
     def clean_up(self) -> None:
         """Remove what writing needed once the whole volume is finished (blockfs parts)."""
 

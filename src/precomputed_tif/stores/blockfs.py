@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..encodings import blosc_frame_is_whole
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
 from ..locations import write_atomically
@@ -133,6 +134,8 @@ class BlockDirectory:
                 raise StoreError(f"block {i} ends past the end of {path!r} (truncated)")
             if self.crcs is not None and zlib.crc32(frame) != int(self.crcs[i]):
                 raise StoreError(f"block {i} in {path!r} is damaged: its checksum differs")
+            if not blosc_frame_is_whole(frame):
+                raise StoreError(f"block {i} in {path!r} is damaged: its Blosc frame is cut short")
             raw = numcodecs.blosc.decompress(frame)
         except OSError as exc:
             raise StoreError(f"cannot read block {i} from {path!r}: {exc}") from exc
@@ -477,6 +480,78 @@ class BlockfsStore(ChunkStore):
         write_atomically(checksum_path(self.directory_path(level)), crcs.tobytes(), self.tmp_dir)
         content = encode_directory_header(metadata) + encode_entries(offsets, sizes, metadata)
         write_atomically(self.directory_path(level), content, self.tmp_dir)
+
+    def repair_level(self, level: int, task_boxes: list[Box], redone: set[int]) -> None:
+        """Rebuild the block file: the redone tasks' new parts, every other task's blocks copied
+        from the old file, in task order, as an uninterrupted run lays them out."""
+        scale = self.pyramid.scale(level)
+        offsets = np.zeros(scale.n_chunks, np.uint64)
+        sizes = np.zeros(scale.n_chunks, np.uint64)
+        crcs = np.zeros(scale.n_chunks, "<u4")
+        old = (
+            None
+            if redone >= set(range(len(task_boxes)))
+            else parse_directory(self.directory_path(level))
+        )
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=".tmp-", suffix="-repair")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for index, box in enumerate(task_boxes):
+                    if index in redone:
+                        rows = self._copy_part(level, index, out)
+                    else:
+                        assert old is not None
+                        rows = self._copy_old_blocks(level, old, box, out)
+                    offsets[rows[:, 0]] = rows[:, 1].astype(np.uint64)
+                    sizes[rows[:, 0]] = rows[:, 2].astype(np.uint64)
+                    crcs[rows[:, 0]] = rows[:, 3].astype("<u4")
+                out.flush()
+                os.fsync(out.fileno())
+                length = out.tell()
+            _check_entries(tmp, offsets, sizes, length, level)
+            os.replace(tmp, self.block_file_path(level))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        write_atomically(checksum_path(self.directory_path(level)), crcs.tobytes(), self.tmp_dir)
+        metadata = self.metadata(level)
+        content = encode_directory_header(metadata) + encode_entries(offsets, sizes, metadata)
+        write_atomically(self.directory_path(level), content, self.tmp_dir)
+        shutil.rmtree(self._state_path(level), ignore_errors=True)
+
+    def _copy_part(self, level: int, task_index: int, out: Any) -> np.ndarray:
+        path = self.part_path(level, task_index)
+        base = out.tell()
+        try:
+            part = open(path, "rb")
+        except FileNotFoundError:
+            raise PartDamagedError(f"part file {path!r} is missing") from None
+        with part:
+            table, length, digest = _read_part_table(part, path)
+            _copy_verified(part, out, length, digest, path)
+        rows = table.copy()
+        rows[:, 1] += base
+        return rows
+
+    def _copy_old_blocks(self, level: int, old: BlockDirectory, box: Box, out: Any) -> np.ndarray:
+        """A task's blocks, contiguous in the old block file as its part laid them out."""
+        scale = self.pyramid.scale(level)
+        blocks = np.array(
+            [self.block_index(level, b) for _, b in chunks_in(box, scale.chunk_size, scale.size)],
+            np.int64,
+        )
+        starts = old.offsets[blocks].astype(np.int64)
+        lengths = old.sizes[blocks].astype(np.int64)
+        first, end = int(starts.min()), int((starts + lengths).max())
+        data = old.files.read(old.block_files[0], first, end - first)
+        if len(data) != end - first:
+            raise StoreError(f"{old.block_files[0]!r} is shorter than its directory says")
+        base = out.tell()
+        out.write(data)
+        crc = [zlib.crc32(data[a - first : a - first + n]) for a, n in zip(starts, lengths)]
+        return np.stack([blocks, starts - first + base, lengths, np.array(crc, np.int64)], axis=1)
 
     def clean_up(self) -> None:
         shutil.rmtree(os.path.join(self.path, STATE_DIR, "blockfs"), ignore_errors=True)
