@@ -44,9 +44,11 @@ def worker_processes(pid: int) -> list[psutil.Process]:
     for child in children:
         try:
             command = " ".join(child.cmdline())
+            parent = child.ppid()
         except psutil.Error:
             continue
-        if "spawn_main" in command or "forkserver" in command and "main(" not in command:
+        # Dask's nannies spawn workers; a pool's forkserver (our child) forks them
+        if "spawn_main" in command or "forkserver" in command and parent != pid:
             found.append(child)
     return found
 
@@ -84,7 +86,7 @@ def assert_finishes_identically(
     """Exit 0 only with the reference's bytes; otherwise a one-line error naming --resume, and
     the resumed run gives the reference's bytes."""
     if result.returncode != 0:
-        assert_one_line_error(result, RESUME_HINT)
+    assert_one_line_error(result, RESUME_HINT)
         assert not os.path.exists(os.path.join(dest, "info"))
         resumed = run_cli(*args, "--dest", dest, "--resume")
         assert resumed.returncode == 0, resumed.stderr
@@ -330,3 +332,91 @@ def test_verify_finds_damage_and_repair_restores_the_bytes(tmp_path, fmt):
     assert _tree(str(dest)) == _tree(str(reference))
     assert run_cli("--verify", str(dest)).returncode == 0
     assert_every_chunk_equal(str(dest), reference_pyramid(stack, 4))
+
+
+@pytest.mark.slow
+def test_a_pool_worker_killed_mid_run_is_one_line_and_resumes(tmp_path):
+    stack = random_stack((64, 96, 96), "uint16", seed=61)
+    source = write_planes(tmp_path / "planes", stack)
+    args = ["--source", source, "--format", "blockfs", "--chunk-size", "16,16,16"]
+    args += ["--task-memory", "1M", "--n-cores", "2", "--log", "WARNING"]
+    reference, dest = str(tmp_path / "ref"), str(tmp_path / "out")
+    assert run_cli(*args, "--dest", reference).returncode == 0
+    process = start([*args, "--dest", dest])
+    assert wait_for(process, lambda: done_entries(dest) >= 2 and worker_processes(process.pid))
+    worker_processes(process.pid)[0].kill()
+    result = finish(process)
+    assert_one_line_error(result, "worker process died", RESUME_HINT)
+    assert_finishes_identically(result, args, dest, reference)
+
+
+@pytest.mark.slow
+def test_a_dask_worker_killed_at_start_up_is_one_line_and_resumes(tmp_path):
+    pytest.importorskip("distributed")
+    stack = random_stack((32, 64, 64), "uint16", seed=67)
+    source = write_planes(tmp_path / "planes", stack)
+    args = ["--source", source, "--format", "zarr", "--chunk-size", "16,16,16"]
+    args += ["--task-memory", "1M", "--log", "WARNING"]
+    reference, dest = str(tmp_path / "ref"), str(tmp_path / "out")
+    assert run_cli(*args, "--dest", reference).returncode == 0
+    process = start([*args, "--dest", dest, "--dask-workers", "2"])
+    assert wait_for(process, lambda: bool(worker_processes(process.pid)))
+    worker_processes(process.pid)[0].kill()
+    result = finish(process)
+    if result.returncode != 0:
+        assert_one_line_error(result, "Dask", RESUME_HINT)
+    else:
+        assert result.stderr == "" or "Traceback" not in result.stderr
+    assert_finishes_identically(result, args, dest, reference)
+
+
+@pytest.mark.slow
+def test_an_object_store_lost_mid_run_is_one_line(tmp_path):
+    """The S3 endpoint goes away while tasks write to it: one line naming --resume, exit 2."""
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="t")
+    env.update(AWS_SECRET_ACCESS_KEY="t", AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="2")
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="t",
+        aws_secret_access_key="t",
+    )
+    s3.create_bucket(Bucket="lab")
+    stack = random_stack((64, 96, 96), "uint16", seed=71)
+    source = write_planes(tmp_path / "planes", stack)
+    args = [
+        "--source",
+        source,
+        "--format",
+        "zarr",
+        "--chunk-size",
+        "16,16,16",
+        "--dest",
+        "s3://lab/v",
+    ]
+    args += ["--task-memory", "1M", "--n-cores", "2", "--log", "WARNING"]
+    process = subprocess.Popen(
+        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+    def some_tasks_done() -> bool:
+        listed = s3.list_objects_v2(Bucket="lab", Prefix="v/.precomputed-tif/done-1/")
+        return listed.get("KeyCount", 0) >= 2
+
+    try:
+        assert wait_for(process, some_tasks_done)
+    finally:
+        server.stop()
+    result = finish(process)
+    assert_one_line_error(result, RESUME_HINT)

@@ -21,7 +21,13 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import IncompleteRunError, PrecomputedTifError, SourceError, StoreExistsError
+from .errors import (
+    RESUME_HINT,
+    IncompleteRunError,
+    PrecomputedTifError,
+    SourceError,
+    StoreExistsError,
+)
 from .locations import LocalLocation, WritableLocation
 from .plan import Stage, Task, describe_plan, plan_stages, stage_tasks
 from .pyramid import Pyramid
@@ -36,7 +42,6 @@ log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 PLANES_FILE = "planes.json"
 STATE_VERSION = 1
-RESUME_HINT = "the volume is incomplete: run again with --resume to finish"
 
 # progress(level, voxels just finished, voxels in the level)
 Progress = Callable[[int, int, int], None]

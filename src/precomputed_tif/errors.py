@@ -28,5 +28,8 @@ class PlanError(PrecomputedTifError, ValueError):
     """The requested pyramid or task plan is impossible (bad levels, chunk size, memory)."""
 
 
+RESUME_HINT = "the volume is incomplete: run again with --resume to finish"
+
+
 class IncompleteRunError(PrecomputedTifError, RuntimeError):
     """A conversion stopped part-way (a worker died, storage failed); resuming it finishes it."""
