@@ -86,7 +86,7 @@ def assert_finishes_identically(
     """Exit 0 only with the reference's bytes; otherwise a one-line error naming --resume, and
     the resumed run gives the reference's bytes."""
     if result.returncode != 0:
-    assert_one_line_error(result, RESUME_HINT)
+        assert_one_line_error(result, RESUME_HINT)
         assert not os.path.exists(os.path.join(dest, "info"))
         resumed = run_cli(*args, "--dest", dest, "--resume")
         assert resumed.returncode == 0, resumed.stderr
