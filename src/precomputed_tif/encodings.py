@@ -125,3 +125,12 @@ def decode_chunk(
     except Exception as exc:  # codec libraries raise their own error types
         raise StoreError(f"a {encoding} chunk is damaged: {exc}") from exc
     raise StoreError(f"unknown encoding {encoding!r}")
+
+
+def blosc_frame_is_whole(frame: bytes) -> bool:
+    """Whether a Blosc frame holds as many bytes as its header says (Blosc itself reads past the
+    end of a truncated frame and returns whatever it finds there)."""
+    if len(frame) < 16:
+        return False
+    cbytes = int.from_bytes(frame[12:16], "little")  # header: 4 flag bytes, nbytes, blocksize
+    return cbytes == len(frame)

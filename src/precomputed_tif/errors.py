@@ -30,3 +30,10 @@ class PlanError(PrecomputedTifError, ValueError):
 
 class AlreadyConvertedError(StoreExistsError):
     """The destination already holds the finished conversion asked for: nothing to do."""
+
+
+RESUME_HINT = "the volume is incomplete: run again with --resume to finish"
+
+
+class IncompleteRunError(PrecomputedTifError, RuntimeError):
+    """A conversion stopped part-way (a worker died, storage failed); resuming it finishes it."""

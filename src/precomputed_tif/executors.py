@@ -6,12 +6,15 @@ Anything implementing `concurrent.futures.Executor` works (a Dask cluster's
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
+
+from .errors import RESUME_HINT, IncompleteRunError
 
 T = TypeVar("T")
 
@@ -95,17 +98,24 @@ class DaskExecutor:
                 "Dask options need the distributed package: pip install 'precomputed-tif[dask]'"
             ) from exc
         self.cluster = None
-        if scheduler is None:
-            self.cluster = LocalCluster(
-                n_workers=n_workers or 1,
-                threads_per_worker=1,
-                processes=True,
-                memory_limit=memory_per_worker or "auto",
-                dashboard_address=":0",  # any free port: 8787 may be taken by another run
-            )
-            self.client = Client(self.cluster)
-        else:
-            self.client = Client(scheduler)
+        try:
+            if scheduler is None:
+                self.cluster = LocalCluster(
+                    n_workers=n_workers or 1,
+                    threads_per_worker=1,
+                    processes=True,
+                    memory_limit=memory_per_worker or "auto",
+                    dashboard_address=":0",  # any free port: 8787 may be taken by another run
+                )
+                self.client = Client(self.cluster)
+            else:
+                self.client = Client(scheduler)
+        except (OSError, RuntimeError, TimeoutError) as exc:  # a worker died, no scheduler
+            if self.cluster is not None:
+                with contextlib.suppress(Exception):
+                    self.cluster.close()
+            where = "a local Dask cluster" if scheduler is None else f"Dask at {scheduler!r}"
+            raise IncompleteRunError(f"cannot start {where} ({exc}); {RESUME_HINT}") from exc
         self.executor = self.client.get_executor(pure=False)
 
     @property
@@ -127,6 +137,9 @@ class DaskExecutor:
         return self.executor
 
     def __exit__(self, *exc: object) -> None:
-        self.client.close()
+        # a cluster that lost workers may fail to close cleanly: that must not hide the result
+        with contextlib.suppress(Exception):
+            self.client.close()
         if self.cluster is not None:
-            self.cluster.close()
+            with contextlib.suppress(Exception):
+                self.cluster.close()

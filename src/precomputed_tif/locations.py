@@ -44,14 +44,23 @@ def is_remote(url: str) -> bool:
     return url_scheme(url) not in LOCAL_SCHEMES
 
 
-def write_atomically(path: str, data: bytes | memoryview) -> None:
+def write_atomically(path: str, data: bytes | memoryview, tmp_dir: str | None = None) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one.
 
-    The file gets the modes the user's umask gives, as ``cp`` would (``mkstemp``'s 0600 would
-    leave a volume unreadable by the web server meant to serve it).
+    The bytes go first to a temporary file in `tmp_dir` (on the same file system; default: beside
+    `path`), so a process killed mid-write leaves its debris there, not among the chunks. The file
+    gets the modes the user's umask gives, as ``cp`` would (``mkstemp``'s 0600 would leave a
+    volume unreadable by the web server meant to serve it).
     """
-    folder = os.path.dirname(path) or "."
-    fd, tmp = _create_temporary(folder, os.path.basename(path))
+    folder = tmp_dir or os.path.dirname(path) or "."
+    name = os.path.basename(path)
+    try:
+        fd, tmp = _create_temporary(folder, name)
+    except FileNotFoundError:
+        if tmp_dir is None:
+            raise
+        os.makedirs(tmp_dir, exist_ok=True)
+        fd, tmp = _create_temporary(folder, name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -154,9 +163,10 @@ class WritableLocation(Location, Protocol):
 
 
 class LocalLocation:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, tmp_dir: str | None = None) -> None:
         self.path = path
         self.url = path
+        self.tmp_dir = tmp_dir
 
     def _file(self, name: str) -> str:
         return os.path.join(self.path, *name.split("/")) if name else self.path
@@ -164,10 +174,10 @@ class LocalLocation:
     def write(self, name: str, data: bytes | memoryview) -> None:
         path = self._file(name)
         try:
-            write_atomically(path, data)
+            write_atomically(path, data, self.tmp_dir)
         except FileNotFoundError:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            write_atomically(path, data)
+            write_atomically(path, data, self.tmp_dir)
 
     def write_gzip(self, name: str, packed: bytes) -> None:
         self.write(name + ".gz", packed)  # what gzip_static web servers look for
@@ -211,7 +221,7 @@ class LocalLocation:
             return None
 
     def child(self, name: str) -> LocalLocation:
-        return LocalLocation(self._file(name))
+        return LocalLocation(self._file(name), self.tmp_dir)
 
 
 class HttpLocation:

@@ -162,20 +162,29 @@ def _choose_stage(
     return Stage(first, first, shallow)
 
 
+def stage_boxes(pyramid: Pyramid, stage: Stage) -> list[Box]:
+    """The boxes (of level ``stage.first``) of the stage's tasks, in task order: z-major, so
+    consecutive tasks read consecutive planes."""
+    size = pyramid.scale(stage.first).size
+    rx, ry, rz = stage.region
+    starts = itertools.product(range(0, size[2], rz), range(0, size[1], ry), range(0, size[0], rx))
+    return [
+        Box((x, y, z), (min(x + rx, size[0]), min(y + ry, size[1]), min(z + rz, size[2])))
+        for z, y, x in starts
+    ]
+
+
 def stage_tasks(
     pyramid: Pyramid, stage: Stage, store: ChunkStore, source: PlaneSource | None
 ) -> list[Task]:
-    """The tasks of `stage`, z-major so consecutive tasks read consecutive planes (`source` is
-    read by stages that start at level 1 only)."""
-    size = pyramid.scale(stage.first).size
-    rx, ry, rz = stage.region
+    """The tasks of `stage`, in the order of `stage_boxes` (`source` is read by stages that
+    start at level 1 only)."""
     tasks = []
-    starts = itertools.product(range(0, size[2], rz), range(0, size[1], ry), range(0, size[0], rx))
-    for index, (z, y, x) in enumerate(starts):
-        box = Box((x, y, z), (min(x + rx, size[0]), min(y + ry, size[1]), min(z + rz, size[2])))
+    for index, box in enumerate(stage_boxes(pyramid, stage)):
         if stage.first == 1:
             assert source is not None, "level 1 is made from a source"
-            tasks.append(Task(index, stage, box, store, source.sub_stack(z, box.stop[2]), z))
+            z0, z1 = box.start[2], box.stop[2]
+            tasks.append(Task(index, stage, box, store, source.sub_stack(z0, z1), z0))
         else:
             tasks.append(Task(index, stage, box, store, None))
     return tasks

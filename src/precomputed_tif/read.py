@@ -10,14 +10,19 @@ Index 0 is a level's first stored voxel; its ``voxel_offset`` says where that is
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .geometry import Box
 from .pyramid import Pyramid, Scale
+from .sources import PlaneSource
 from .stores import ChunkStore, open_store
+
+if TYPE_CHECKING:
+    from .verify import Report
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,16 @@ class Volume:
 
     def __iter__(self) -> Iterator[VolumeLevel]:
         return (self[level] for level in range(1, len(self) + 1))
+
+    def verify(
+        self, *, source: PlaneSource | None = None, executor: Executor | None = None
+    ) -> Report:
+        """Check that every chunk of every level is there and decodes; with `source` (the input
+        planes) also recompute a sample of chunks and compare. ``report.ok``, ``report.verdict``
+        and ``report.problems`` say what was found; nothing is changed."""
+        from .verify import verify_store
+
+        return verify_store(self.store, executor=executor, source=source)
 
 
 def open_volume(path: str, format: str | None = None) -> Volume:

@@ -9,6 +9,7 @@ reorder, threshold or rescale voxels.
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -103,13 +104,17 @@ class ShapeSource:
 
 @dataclass(frozen=True)
 class TiffPlanesSource:
-    """One 2D TIFF per plane, in the order given (`open_source` sorts the names)."""
+    """One 2D TIFF per plane, in the order given (`open_source` sorts the names).
+
+    `stamps` says what each file was when opened (see `PlaneStamp`); task records leave it out.
+    """
 
     paths: tuple[str, ...]
     plane_shape: tuple[int, int]
     data_type: str
     decode_threads: int = 2
     segment_bytes: int = 0
+    stamps: tuple[PlaneStamp, ...] = ()
 
     @property
     def size(self) -> XYZ:
@@ -124,7 +129,7 @@ class TiffPlanesSource:
         return self.segment_bytes * max(1, self.decode_threads)
 
     def sub_stack(self, z0: int, z1: int) -> TiffPlanesSource:
-        return replace(self, paths=self.paths[z0:z1])
+        return replace(self, paths=self.paths[z0:z1], stamps=())
 
     def read(self, box: Box) -> np.ndarray:
         out = np.empty(box.numpy_shape, self.dtype)
@@ -150,6 +155,7 @@ class MultiPageTiffSource:
     path: str
     stack_shape: tuple[int, int, int]
     data_type: str
+    stamps: tuple[PlaneStamp, ...] = ()
 
     @property
     def size(self) -> XYZ:
@@ -215,6 +221,47 @@ class _PageRange:
 
     def sub_stack(self, z0: int, z1: int) -> PlaneSource:
         return _PageRange(self.whole, self.z0 + z0, self.z0 + z1)
+
+
+@dataclass(frozen=True)
+class PlaneStamp:
+    """What a plane file was when the run began, to notice a file changed before ``--resume``.
+
+    `version` is the modification time in ns (an object store's ETag digest); `sample` a digest of
+    a few KiB of content, taken only where times are too coarse to trust (whole seconds).
+    """
+
+    name: str
+    size: int
+    version: int
+    sample: str = ""
+
+    def to_json(self) -> list[Any]:
+        return [self.name, self.size, self.version, self.sample]
+
+
+SAMPLE_BYTES = 4096
+
+
+def _stamp(path: str) -> PlaneStamp:
+    """The plane's stamp: one stat (one HEAD request in an object store), and a content sample
+    when the file system keeps times in whole seconds."""
+    name = os.path.basename(path)
+    if is_remote(path):
+        found = _remote_location(path).stamp("")
+        if found is None:
+            raise SourceError(f"plane {path!r} does not exist")
+        return PlaneStamp(name, found[1], found[0])
+    stat = os.stat(path)
+    sample = ""
+    if stat.st_mtime_ns % 10**9 == 0:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for where in (0, stat.st_size // 2, max(0, stat.st_size - SAMPLE_BYTES)):
+                f.seek(where)
+                digest.update(f.read(SAMPLE_BYTES))
+        sample = digest.hexdigest()[:32]
+    return PlaneStamp(name, stat.st_size, stat.st_mtime_ns, sample)
 
 
 def file_size(path: str) -> int:
@@ -320,12 +367,13 @@ class _PlaneHeader:
     samples: int
     pages: int
     segment_bytes: int
+    stamp: PlaneStamp
 
 
 def _read_header(path: str) -> _PlaneHeader:
-
     try:
-        size = file_size(path)
+        stamp = _stamp(path)
+        size = stamp.size
         with _tiff(path) as tif:
             page = tif.pages.first
             ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
@@ -342,6 +390,7 @@ def _read_header(path: str) -> _PlaneHeader:
                 segment_bytes=0
                 if page.is_contiguous and page.compression == 1
                 else int(np.prod(page.chunks)) * np.dtype(page.dtype).itemsize,
+                stamp=stamp,
             )
     except SourceError:
         raise
@@ -453,7 +502,8 @@ def _open_planes(paths: Sequence[str], *, decode_threads: int) -> TiffPlanesSour
             )
     shape = (int(first.shape[0]), int(first.shape[1]))
     segment_bytes = max(h.segment_bytes for h in headers)
-    return TiffPlanesSource(tuple(paths), shape, first.dtype, decode_threads, segment_bytes)
+    stamps = tuple(h.stamp for h in headers)
+    return TiffPlanesSource(tuple(paths), shape, first.dtype, decode_threads, segment_bytes, stamps)
 
 
 def _open_multipage(path: str) -> PlaneSource:
@@ -463,7 +513,12 @@ def _open_multipage(path: str) -> PlaneSource:
     if header.pages == 1:
         _check_plane(path, header)
         return TiffPlanesSource(
-            (path,), (header.shape[0], header.shape[1]), header.dtype, 1, header.segment_bytes
+            (path,),
+            (header.shape[0], header.shape[1]),
+            header.dtype,
+            1,
+            header.segment_bytes,
+            (header.stamp,),
         )
     try:
         with tifffile.TiffFile(path) as tif:
@@ -486,7 +541,7 @@ def _open_multipage(path: str) -> PlaneSource:
             f"expected one of {', '.join(SUPPORTED_DTYPES)}"
         )
     z, y, x = (s for _, s in kept)
-    return MultiPageTiffSource(path, (z, y, x), dtype)
+    return MultiPageTiffSource(path, (z, y, x), dtype, (header.stamp,))
 
 
 _NUMBER = re.compile(r"(\d+)")

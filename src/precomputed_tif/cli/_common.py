@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -109,6 +110,9 @@ def setup_logging(level: str) -> None:
     quiet = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(quiet)
+    # distributed sets its own level when imported, in this process and in every worker it
+    # starts; its configuration is read from the environment, which the workers inherit
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(quiet).lower())
 
 
 def run_command(main: Callable[[], int | None], prog: str) -> int:

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert the small example stack that comes with the package (31 planes of "
         "synthetic nuclei) instead of --source",
     )
-    parser.add_argument("--dest", required=True, help="folder to write the volume into")
+    parser.add_argument("--dest", help="folder to write the volume into")
     parser.add_argument(
         "--levels",
         type=positive_int,
@@ -140,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--resume", action="store_true", help="finish an interrupted conversion into --dest"
+    )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="with --resume: then check every chunk and make the missing or damaged ones again, "
+        "with the coarser chunks made from them",
+    )
+    parser.add_argument(
+        "--verify",
+        metavar="DEST",
+        help="check that every chunk of every level of the volume at DEST is there and decodes "
+        "(with --source, also recompute a sample from the planes); exit status 1 if not",
     )
     parser.add_argument(
         "--dry-run",
@@ -424,6 +436,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.source is not None and args.example:
         parser.error("give --source or --example, not both")
+    if args.verify is None and args.dest is None:
+        parser.error("the following arguments are required: --dest")
     args.memory_text = _memory_text(argv)
     return args
 
@@ -439,11 +453,43 @@ def _memory_text(argv: list[str] | None) -> str:
     return ""
 
 
+MAX_PROBLEMS_SHOWN = 100
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """``--verify DEST``: the verdict on one line, then what is missing or damaged."""
+    from .. import open_source, open_store
+    from ..errors import PlanError
+    from ..executors import process_pool
+    from ..verify import verify_store
+
+    store = open_store(args.verify)
+    source = None
+    if args.source is not None:
+        source = open_source(args.source, order=args.order)
+        if source.size != store.pyramid.scale(1).size:
+            raise PlanError(
+                f"--source holds {'x'.join(map(str, source.size))} voxels; the volume at "
+                f"{args.verify!r} holds {'x'.join(map(str, store.pyramid.scale(1).size))}"
+            )
+    with process_pool(max(1, args.n_cores)) as pool:
+        report = verify_store(store, executor=pool, source=source)
+    print(report.verdict)
+    for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
+        print(f"  {problem}")
+    if len(report.problems) > MAX_PROBLEMS_SHOWN:
+        print(f"  ... and {len(report.problems) - MAX_PROBLEMS_SHOWN} more")
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
     """The command line; `in_process` (`precomputed_tif.main.main`) lets errors and Ctrl-C
     reach the caller as exceptions, and shows progress by iterating ``tqdm.tqdm``."""
     args = _parse(argv)
     setup_logging(args.log)
+    if args.verify is not None:
+        verify = lambda: _verify(args)  # noqa: E731
+        return verify() if in_process else run_command(verify, "precomputed-tif")
     command = sys.argv[1:] if argv is None else list(argv)
     quiet = logging.getLogger("precomputed_tif").getEffectiveLevel() > logging.INFO
 
@@ -562,6 +608,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
                     budget=budget,
                     resume=args.resume,
                     overwrite=args.overwrite,
+                    repair=args.repair,
                     progress=bars,
                 )
         except AlreadyConvertedError as exc:

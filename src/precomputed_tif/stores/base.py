@@ -22,11 +22,18 @@ import numpy as np
 from ..encodings import encode_chunk
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
-from ..locations import WritableLocation, is_remote, open_location, open_writable
+from ..locations import (
+    LocalLocation,
+    WritableLocation,
+    is_remote,
+    open_location,
+    open_writable,
+)
 from ..pyramid import Pyramid
 
 INFO_NAME = "info"
 STATE_DIR = ".precomputed-tif"
+TMP_DIR = "tmp"
 
 
 def read_info(path: str) -> dict[str, Any]:
@@ -80,7 +87,16 @@ class ChunkStore(ABC):
     @cached_property
     def files(self) -> WritableLocation:
         """The volume's folder or object-store prefix, addressed by names inside it."""
-        return open_writable(self.path)
+        files = open_writable(self.path)
+        if isinstance(files, LocalLocation):
+            files.tmp_dir = self.tmp_dir
+        return files
+
+    @property
+    def tmp_dir(self) -> str:
+        """Where files being written wait before they are renamed into place: one folder that
+        `--resume` empties, so no killed write is left among the chunks."""
+        return os.path.join(self.path, STATE_DIR, TMP_DIR)
 
     # --- writing -----------------------------------------------------------------------
     def prepare_level(self, level: int) -> None:
@@ -102,6 +118,13 @@ class ChunkStore(ABC):
 
         Layouts that write every chunk in place have nothing to forget.
         """
+
+    def repair_level(self, level: int, task_boxes: list[Box], redone: set[int]) -> None:
+        """Called after tasks `redone` of a finished level ran again; `task_boxes` are every
+        task's box of this level. Layouts of one file per chunk (or shard) have nothing to do."""
+
+    def clean_up(self) -> None:
+        """Remove what writing needed once the whole volume is finished (blockfs parts)."""
 
     @abstractmethod
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
