@@ -245,6 +245,43 @@ def test_gzip_in_a_bucket_has_content_encoding_and_tensorstore_reads_it(s3, stac
         np.testing.assert_array_equal(got, want, err_msg=f"level {level + 1}")
 
 
+def _public_with_cors(fs) -> None:
+    """Anyone may GET the bucket's objects, from any origin (as a data-sharing bucket is set)."""
+    public = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{BUCKET}/*",
+            }
+        ],
+    }
+    fs.call_s3("put_bucket_policy", Bucket=BUCKET, Policy=json.dumps(public))
+    cors = {"CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]}]}
+    fs.call_s3("put_bucket_cors", Bucket=BUCKET, CORSConfiguration=cors)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_cloudvolume_reads_a_gzip_bucket_over_http(s3, stack_and_planes):
+    import fsspec
+
+    cloudvolume = pytest.importorskip("cloudvolume")
+    stack, planes = stack_and_planes
+    _convert(planes, f"{s3}/cv-gzip", "precomputed --gzip")
+    fs = fsspec.filesystem("s3")
+    _public_with_cors(fs)
+    try:
+        url = f"precomputed://{os.environ['AWS_ENDPOINT_URL']}/{BUCKET}/cv-gzip"
+        for level, want in enumerate(reference_pyramid(stack, 4)[:2]):
+            vol = cloudvolume.CloudVolume(url, mip=level, progress=False)
+            got = np.asarray(vol[:, :, :])[..., 0].transpose(2, 1, 0)
+            np.testing.assert_array_equal(got, want, err_msg=f"level {level + 1}")
+    finally:
+        fs.call_s3("delete_bucket_policy", Bucket=BUCKET)
+
+
 @pytest.mark.slow
 def test_viewer_shows_a_gzip_volume_from_the_bucket(tmp_path, s3):
     """Neuroglancer in headless Chromium reads the --gzip bucket directly (public, with CORS)."""
@@ -264,20 +301,7 @@ def test_viewer_shows_a_gzip_volume_from_the_bucket(tmp_path, s3):
     planes = str(DATA / "stacks" / "stardist_img3d" / "planes")
     _convert(planes, f"{s3}/viewer-gzip", "precomputed --gzip", "--voxel-size", "1,1,1")
     fs = fsspec.filesystem("s3")
-    public = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": "*",
-                "Action": "s3:GetObject",
-                "Resource": f"arn:aws:s3:::{BUCKET}/*",
-            }
-        ],
-    }
-    fs.call_s3("put_bucket_policy", Bucket=BUCKET, Policy=json.dumps(public))
-    cors = {"CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]}]}
-    fs.call_s3("put_bucket_cors", Bucket=BUCKET, CORSConfiguration=cors)
+    _public_with_cors(fs)
     viewer = RunningServer("-d", local, "--viewer", log="WARNING")  # hands out the client
     best = 0.0
     try:
