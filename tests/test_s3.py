@@ -245,6 +245,35 @@ def test_gzip_in_a_bucket_has_content_encoding_and_tensorstore_reads_it(s3, stac
         np.testing.assert_array_equal(got, want, err_msg=f"level {level + 1}")
 
 
+def test_a_gzip_folder_copied_to_a_bucket_reads_and_serves(tmp_path, s3, stack_and_planes):
+    """name.gz objects (a --gzip folder copied as it is, or written by an earlier version)."""
+    import gzip
+
+    import fsspec
+
+    from precomputed_tif.serve import PrecomputedApp
+    from precomputed_tif.serve.config import resolve_source
+
+    stack, planes = stack_and_planes
+    local = str(tmp_path / "local")
+    _convert(planes, local, "precomputed --gzip")
+    fs = fsspec.filesystem("s3")
+    for name, data in _files(local).items():
+        fs.pipe_file(f"{BUCKET}/copied/{name}", data)
+    url = f"{s3}/copied"
+    assert any(name.endswith(".gz") for name in _objects(url))
+    expected = reference_pyramid(stack, 4)
+    assert_every_chunk_equal(url, expected)
+    app = PrecomputedApp(single=resolve_source("", url, None))
+    path = "/1_1_1/16-32_0-16_32-48"
+    packed = call(app, path, headers={"Accept-Encoding": "gzip"})
+    assert packed.status == 200 and packed.headers["content-encoding"] == "gzip"
+    got = np.frombuffer(gzip.decompress(packed.body), "<u2").reshape(16, 16, 16)
+    np.testing.assert_array_equal(got, expected[0][32:48, 0:16, 16:32])
+    plain = call(app, path)
+    assert "content-encoding" not in plain.headers and plain.body == got.tobytes()
+
+
 def _public_with_cors(fs) -> None:
     """Anyone may GET the bucket's objects, from any origin (as a data-sharing bucket is set)."""
     public = {
