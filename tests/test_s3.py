@@ -212,13 +212,21 @@ def test_served_from_s3_like_the_local_folder(tmp_path, s3, stack_and_planes, fm
     assert volume.pyramid.n_levels == 4
 
 
-def test_gzip_in_a_bucket_has_content_encoding_and_tensorstore_reads_it(s3, stack_and_planes):
+@pytest.fixture(scope="module")
+def gzip_bucket(s3, stack_and_planes):
+    """The stack converted with --gzip into the bucket, under gzip-plain/."""
+    _convert(stack_and_planes[1], f"{s3}/gzip-plain", "precomputed --gzip")
+    return f"{s3}/gzip-plain"
+
+
+def test_gzip_in_a_bucket_has_content_encoding_and_tensorstore_reads_it(
+    gzip_bucket, stack_and_planes
+):
     """--gzip to s3://: plain chunk names, Content-Encoding: gzip, as Neuroglancer expects."""
     import fsspec
 
-    stack, planes = stack_and_planes
-    url = f"{s3}/gzip-plain"
-    _convert(planes, url, "precomputed --gzip")
+    stack, _ = stack_and_planes
+    url = gzip_bucket
     objects = _objects(url)
     chunks = [name for name in objects if name != "info"]
     assert chunks and not any(name.endswith(".gz") for name in chunks)
@@ -293,16 +301,15 @@ def _public_with_cors(fs) -> None:
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_cloudvolume_reads_a_gzip_bucket_over_http(s3, stack_and_planes):
+def test_cloudvolume_reads_a_gzip_bucket_over_http(gzip_bucket, stack_and_planes):
     import fsspec
 
     cloudvolume = pytest.importorskip("cloudvolume")
-    stack, planes = stack_and_planes
-    _convert(planes, f"{s3}/cv-gzip", "precomputed --gzip")
+    stack, _ = stack_and_planes
     fs = fsspec.filesystem("s3")
     _public_with_cors(fs)
     try:
-        url = f"precomputed://{os.environ['AWS_ENDPOINT_URL']}/{BUCKET}/cv-gzip"
+        url = f"precomputed://{os.environ['AWS_ENDPOINT_URL']}/{BUCKET}/gzip-plain"
         for level, want in enumerate(reference_pyramid(stack, 4)[:2]):
             vol = cloudvolume.CloudVolume(url, mip=level, progress=False)
             got = np.asarray(vol[:, :, :])[..., 0].transpose(2, 1, 0)
