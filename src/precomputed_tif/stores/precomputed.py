@@ -173,8 +173,8 @@ def gzip_note(dest: str) -> str:
     """Where a ``--gzip`` volume at `dest` can be read from, for the end of a run."""
     if is_remote(dest):
         return (
-            "chunks are stored gzipped with Content-Encoding: gzip metadata: Neuroglancer and "
-            "TensorStore read them straight from the bucket"
+            "chunks are stored gzipped with Content-Encoding: gzip metadata: Neuroglancer, "
+            "TensorStore and CloudVolume read them straight from the bucket"
         )
     return (
         "chunks are stored as name.gz: serve the folder with precomputed-webserver, or nginx "
