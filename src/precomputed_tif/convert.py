@@ -90,9 +90,10 @@ def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
 def _clear_destination(root: WritableLocation, dest: str) -> None:
     """Remove a previous volume, refusing when the folder holds anything else."""
     run = _read_run(root)
-    known = {INFO_NAME, STATE_DIR, ".zgroup"}
+    known = {INFO_NAME, STATE_DIR, ".zgroup", ".zattrs", "zarr.json"}
     if run and "info" in run:
         known |= {s["key"] for s in run["info"]["scales"]}
+        known |= {str(i) for i in range(len(run["info"]["scales"]))}  # ngff levels
     else:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             known |= {s["key"] for s in json.loads(root.read(INFO_NAME) or b"")["scales"]}

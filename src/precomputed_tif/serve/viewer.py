@@ -71,20 +71,14 @@ def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> 
 
 def display_range(directory: str) -> tuple[float, float] | None:
     """The 0.5 and 99.5 percentiles of a volume's coarsest level, or None if unreadable."""
-    import numpy as np
-
     from ..errors import PrecomputedTifError as _Error
     from ..read import open_volume
+    from ..stores.base import display_window
 
     try:
-        volume = open_volume(directory)
-        data = volume[len(volume)][:, :, :]
+        return display_window(open_volume(directory).store)
     except (_Error, OSError, ValueError):
         return None
-    if data.size == 0:
-        return None
-    low, high = np.percentile(data, [0.5, 99.5])
-    return (float(low), float(high) if high > low else float(low) + 1)
 
 
 def viewer_link(base_url: str, state: dict[str, Any]) -> str:
