@@ -392,3 +392,96 @@ def test_reads_the_originals_ngff_02_folder(tmp_path):
     volume = open_volume(dest)
     assert volume.pyramid.scale(2).resolution_nm == (3600, 3600, 4000)
     np.testing.assert_array_equal(volume[1][:, :, :], data)
+
+
+# --- serving ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served_pair(tmp_path_factory):
+    """One stack converted as --format precomputed, ngff and ngff --sharded."""
+    folder = tmp_path_factory.mktemp("served")
+    stack = random_stack((21, 40, 47), "uint16", seed=11)
+    planes = write_planes(folder / "planes", stack)
+    out = {}
+    for name, extra in [("precomputed", []), ("ngff", []), ("ngff-sharded", ["--sharded"])]:
+        dest = str(folder / name)
+        fmt = name.split("-")[0]
+        args = ["--source", planes, "--dest", dest, "--format", fmt, *extra, "--n-cores", "1"]
+        args += ["--chunk-size", "16,16,8", "--voxel-size", "1,1,1", "--task-memory", "200K"]
+        subprocess.run([*CLI, *args, "--log", "WARNING"], check=True, timeout=300)
+        out[name] = dest
+    return stack, out
+
+
+@pytest.mark.parametrize("name", ["ngff", "ngff-sharded"])
+def test_server_answers_an_ome_zarr_folder_like_the_precomputed_one(served_pair, name):
+    from precomputed_tif.geometry import chunks_in, full_box
+    from precomputed_tif.serve import PrecomputedApp
+    from precomputed_tif.serve.config import resolve_source
+    from servekit import call
+
+    stack, dests = served_pair
+    ours = PrecomputedApp(single=resolve_source("", dests[name], None))
+    theirs = PrecomputedApp(single=resolve_source("", dests["precomputed"], None))
+    assert resolve_source("", dests[name], None).format == "ngff"
+    info = call(ours, "/info")
+    assert info.status == 200 and json.loads(info.body) == json.loads(call(theirs, "/info").body)
+    volume = open_volume(dests["precomputed"])
+    for level, scale in enumerate(volume.pyramid.scales, start=1):
+        for _, box in chunks_in(full_box(scale.size), scale.chunk_size, scale.size):
+            path = f"/{scale.key}/{box.chunk_name}"
+            got, want = call(ours, path), call(theirs, path)
+            assert got.status == want.status == 200, path
+            assert got.body == want.body, path
+    assert call(ours, "/1_1_1/0-16_0-16_0-7").status == 400
+    assert call(ours, "/1_1_1/0-16_0-16_800-808").status == 404
+
+
+def test_server_serves_the_ome_zarr_files_with_ranges(served_pair):
+    from precomputed_tif.serve import PrecomputedApp
+    from precomputed_tif.serve.config import resolve_source
+    from servekit import call
+
+    _, dests = served_pair
+    for name in ("ngff", "ngff-sharded"):
+        app = PrecomputedApp(single=resolve_source("", dests[name], None))
+        for path in ("/.zattrs", "/.zgroup", "/0/.zarray") if name == "ngff" else ("/zarr.json",):
+            reply = call(app, path)
+            with open(dests[name] + path, "rb") as f:
+                assert reply.status == 200 and reply.body == f.read(), path
+            assert reply.headers["access-control-allow-origin"] == "*"
+        assert call(app, "/.precomputed-tif/run.json").status == 404
+        assert call(app, "/../info").status == 400
+        assert call(app, "/0/.zarray").status == (200 if name == "ngff" else 404)
+    shard = "/0/c/0/0/0/0/0"
+    with open(dests["ngff-sharded"] + shard, "rb") as f:
+        content = f.read()
+    app = PrecomputedApp(single=resolve_source("", dests["ngff-sharded"], None))
+    head = call(app, shard, method="HEAD")
+    assert head.status == 200 and head.headers["content-length"] == str(len(content))
+    part = call(app, shard, headers={"Range": "bytes=10-99"})
+    assert part.status == 206 and part.body == content[10:100]
+    assert part.headers["content-range"] == f"bytes 10-99/{len(content)}"
+    suffix = call(app, shard, headers={"Range": "bytes=-132"})
+    assert suffix.status == 206 and suffix.body == content[-132:]
+
+
+@pytest.mark.parametrize("name", ["ngff", "ngff-sharded"])
+def test_read_over_http_as_ome_zarr_and_as_precomputed(served_pair, name):
+    """Our server as a plain file server (zarr files, ranges) and as a precomputed source."""
+    from precomputed_tif.client import ArrayReader
+    from test_serve_cli import RunningServer
+
+    stack, dests = served_pair
+    server = RunningServer("-d", dests[name], log="WARNING")
+    try:
+        expected = reference_pyramid(stack, 3)
+        as_zarr = open_volume(server.url, "ngff")
+        as_precomputed = open_volume(server.url)
+        assert (as_zarr.format, as_precomputed.format) == ("ngff", "precomputed")
+        for level, want in enumerate(expected, start=1):
+            np.testing.assert_array_equal(as_zarr[level][:, :, :], want)
+            np.testing.assert_array_equal(as_precomputed[level][:, :, :], want)
+        reader = ArrayReader(server.url, format="ngff", level=2)
+        np.testing.assert_array_equal(reader[2:9, 3:17, 1:20], expected[1][2:9, 3:17, 1:20])
+    finally:
+        server.stop()

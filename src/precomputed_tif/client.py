@@ -16,11 +16,14 @@ from .read import VolumeLevel, open_volume
 
 
 class ArrayReader:
-    """Read a precomputed source (folder, ``file://`` or ``http(s)://`` URL) as a 3D array."""
+    """Read a precomputed source (folder, ``file://`` or ``http(s)://`` URL) as a 3D array.
+
+    ``format="ngff"`` reads an OME-Zarr image, also straight from a static web server.
+    """
 
     def __init__(self, url: str, format: str | None = None, level: int = 1) -> None:
         path = url.removeprefix("precomputed://")
-        if path.startswith(("http://", "https://")):
+        if path.startswith(("http://", "https://")) and format != "ngff":
             format = None  # a server answers raw chunks whatever it stores
         volume = open_volume(path, format)
         key = f"{level}_{level}_{level}"

@@ -16,13 +16,14 @@ import time
 from dataclasses import dataclass
 
 from ..errors import PrecomputedTifError, StoreError
-from ..locations import HTTP_SCHEMES, is_remote, url_scheme
+from ..locations import HTTP_SCHEMES, is_remote, open_writable, url_scheme
 from ..stores import detect_format
 from ..stores.base import read_info
+from ..stores.ngff import is_ngff
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("tiff", "zarr", "blockfs", "raw")
+FORMATS = ("tiff", "zarr", "blockfs", "ngff", "raw")
 
 
 class ConfigError(PrecomputedTifError, ValueError):
@@ -47,11 +48,13 @@ def resolve_source(name: str, directory: str, format_name: str | None) -> Source
     if is_remote(directory):
         if url_scheme(directory) in HTTP_SCHEMES:
             raise ConfigError(f"source {name!r}: {directory!r} is a web server, not storage")
+        detected = format_name or detect_served_format(directory)
         try:
-            read_info(directory)
+            if detected != "ngff":
+                read_info(directory)
         except StoreError as exc:
             raise ConfigError(f"source {name!r}: {exc}") from exc
-        return Source(name, directory.rstrip("/"), format_name or detect_served_format(directory))
+        return Source(name, directory.rstrip("/"), detected)
     real = os.path.realpath(directory)
     if not os.path.isdir(real):
         raise ConfigError(f"source {name!r}: directory {directory!r} does not exist")
@@ -59,8 +62,11 @@ def resolve_source(name: str, directory: str, format_name: str | None) -> Source
 
 
 def detect_served_format(directory: str) -> str:
-    """tiff, zarr or blockfs when the first level says so; anything else is served as files."""
+    """ngff for an OME-Zarr image; tiff, zarr or blockfs when the first level says so; anything
+    else is served as files."""
     try:
+        if is_ngff(open_writable(directory)):
+            return "ngff"
         info = read_info(directory)
         scales = info.get("scales") or []
         if not scales or "sharding" in scales[0]:

@@ -35,7 +35,7 @@ Layer = tuple[str, str, dict[str, Any], "tuple[float, float] | None"]
 
 
 def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> dict[str, Any]:
-    """A viewer state showing each (name, url path, info, display range) layer.
+    """A viewer state showing each (name, url path or full source URL, info, display range) layer.
 
     The view is centred on the first layer and zoomed so its planes fill a panel; an image's
     display range (its dim and bright ends) sets the contrast, which Neuroglancer would
@@ -58,7 +58,8 @@ def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> 
         kind = "segmentation" if info.get("type") == "segmentation" else "image"
         if info.get("@type") == "neuroglancer_annotations_v1":
             kind = "annotation"
-        url = "precomputed://" + base_url.rstrip("/") + path
+        # a path with its own scheme (zarr://...) is taken as it is
+        url = path if "://" in path else "precomputed://" + base_url.rstrip("/") + path
         layer: dict[str, Any] = {"type": kind, "source": url, "name": name}
         if kind == "annotation":
             layer["annotationColor"] = "#ff00ff"  # stands out from grey images and yellow boxes

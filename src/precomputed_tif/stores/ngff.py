@@ -36,7 +36,7 @@ from ._zarr import (
 )
 from .base import INFO_NAME, ChunkStore, TaskWriter, display_window, load_json
 
-NGFF_METADATA = (ZATTRS, ZGROUP, ZARR_JSON)  # names a served OME-Zarr folder must show
+NGFF_METADATA = (ZATTRS, ZGROUP, ZARRAY)  # hidden names a served OME-Zarr folder must show
 
 
 def _json_bytes(obj: dict[str, Any]) -> bytes:
