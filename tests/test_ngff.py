@@ -426,7 +426,7 @@ def test_server_answers_an_ome_zarr_folder_like_the_precomputed_one(served_pair,
     info = call(ours, "/info")
     assert info.status == 200 and json.loads(info.body) == json.loads(call(theirs, "/info").body)
     volume = open_volume(dests["precomputed"])
-    for level, scale in enumerate(volume.pyramid.scales, start=1):
+    for scale in volume.pyramid.scales:
         for _, box in chunks_in(full_box(scale.size), scale.chunk_size, scale.size):
             path = f"/{scale.key}/{box.chunk_name}"
             got, want = call(ours, path), call(theirs, path)
