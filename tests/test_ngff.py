@@ -481,6 +481,7 @@ def test_read_over_http_as_ome_zarr_and_as_precomputed(served_pair, name):
         for level, want in enumerate(expected, start=1):
             np.testing.assert_array_equal(as_zarr[level][:, :, :], want)
             np.testing.assert_array_equal(as_precomputed[level][:, :, :], want)
+        np.testing.assert_array_equal(open_volume(f"zarr://{server.url}/")[3][:, :, :], expected[2])
         reader = ArrayReader(server.url, format="ngff", level=2)
         np.testing.assert_array_equal(reader[2:9, 3:17, 1:20], expected[1][2:9, 3:17, 1:20])
     finally:

@@ -80,10 +80,10 @@ def open_store(path: str, format_name: str | None = None) -> ChunkStore:
     server keeps on its disk, unless they hold no ``info`` but an OME-Zarr image, or
     `format_name` is ``ngff``. A folder holding an OME-Zarr image is read as one.
     """
-    for prefix in ("precomputed://", "zarr://", "zarr2://", "zarr3://"):
-        url = path.removeprefix(prefix)
-        if url != path:
-            break
+    url = path.removeprefix("precomputed://")
+    for prefix in ("zarr://", "zarr2://", "zarr3://"):  # Neuroglancer's words for OME-Zarr
+        if url.startswith(prefix):
+            url, format_name = url.removeprefix(prefix), format_name or "ngff"
     if url_scheme(url) == "file":
         url = open_location(url).url
     if format_name == "ngff" or (format_name is None and _holds_ngff(url)):
