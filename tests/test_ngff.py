@@ -486,3 +486,26 @@ def test_read_over_http_as_ome_zarr_and_as_precomputed(served_pair, name):
         np.testing.assert_array_equal(reader[2:9, 3:17, 1:20], expected[1][2:9, 3:17, 1:20])
     finally:
         server.stop()
+
+
+def test_sources_json_names_ngff_folders_as_the_original_did(served_pair, tmp_path):
+    """``"format": "ngff"`` (the original's word) or no format at all: both are served."""
+    from precomputed_tif.serve import PrecomputedApp
+    from precomputed_tif.serve.config import SourceTable
+    from servekit import call
+
+    _, dests = served_pair
+    config = tmp_path / "sources.json"
+    entries = [
+        {"name": "a", "directory": dests["ngff"], "format": "ngff"},
+        {"name": "b", "directory": dests["ngff-sharded"]},
+        {"name": "p", "directory": dests["precomputed"]},
+    ]
+    config.write_text(json.dumps(entries))
+    app = PrecomputedApp(sources=SourceTable(str(config)).current)
+    want = call(app, "/p/2_2_2/16-24_0-16_0-8")
+    assert want.status == 200
+    for name in ("a", "b"):
+        got = call(app, f"/{name}/2_2_2/16-24_0-16_0-8")
+        assert got.status == 200 and got.body == want.body
+    assert call(app, "/a/.zattrs").status == 200 and call(app, "/b/zarr.json").status == 200

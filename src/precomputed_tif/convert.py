@@ -84,6 +84,12 @@ def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     for key in ("data_type", "type"):
         if old_info.get(key) != new_info.get(key):
             return f"its {key} is {old_info.get(key)}, this run makes {new_info.get(key)}"
+    sharding = [
+        [(sc.get("sharding"), sc.get("shard_size")) for sc in info.get("scales", [])]
+        for info in (old_info, new_info)
+    ]
+    if sharding[0] != sharding[1] and len(sharding[0]) == len(sharding[1]):
+        return "its sharding differs (--sharded, or another task memory)"
     return "its levels, sizes, chunk size or voxel size differ"
 
 
