@@ -5,7 +5,7 @@ usage: recipe_tensorstore_zarr3.py 'STACK/*.tif' OUT --levels N --shards X,Y,Z[;
 
 The same arrays as ours: one zarr v3 array per level at OUT/0, OUT/1, ..., shape (1, 1, z, y, x),
 ``sharding_indexed`` shards of the given voxels (one X,Y,Z per level, the last repeated), inner
-chunks of `--chunk`^3 Blosc-zstd level 5 with byte shuffle, index at the end with crc32c. Level 1
+chunks of `--chunk`^3 Blosc-zstd level 1 with byte shuffle, index at the end with crc32c. Level 1
 is written from slabs one shard thick (every write covers whole shards; while TensorStore commits
 slab i this process reads slab i+1); every next level is ``ts.downsample(prev, [1,1,2,2,2],
 "mean")`` written to the next array. The OME group ``zarr.json`` is written last. Prints one JSON
@@ -35,7 +35,7 @@ def array_spec(out: Path, level: int, dtype: np.dtype, size: XYZ, shard: XYZ, ch
         "name": "blosc",
         "configuration": {
             "cname": "zstd",
-            "clevel": 5,
+            "clevel": 1,
             "shuffle": "shuffle",
             "typesize": dtype.itemsize,
         },

@@ -135,7 +135,7 @@ def test_v2_metadata_follows_ome_zarr_04(tmp_path):
         zarray = json.load(f)
     assert zarray == {
         "chunks": [1, 1, 4, 8, 16],
-        "compressor": {"id": "blosc", "cname": "zstd", "clevel": 5, "shuffle": 1, "blocksize": 0},
+        "compressor": {"id": "blosc", "cname": "zstd", "clevel": 1, "shuffle": 1, "blocksize": 0},
         "dimension_separator": "/",
         "dtype": "<u2",
         "fill_value": 0,
