@@ -509,3 +509,49 @@ def test_sources_json_names_ngff_folders_as_the_original_did(served_pair, tmp_pa
         got = call(app, f"/{name}/2_2_2/16-24_0-16_0-8")
         assert got.status == 200 and got.body == want.body
     assert call(app, "/a/.zattrs").status == 200 and call(app, "/b/zarr.json").status == 200
+
+
+def test_stores_and_tasks_pickle(tmp_path):
+    """Stores cross process and Dask boundaries: ours, and one opened from anyone's metadata."""
+    import pickle
+
+    from precomputed_tif.plan import plan_stages, stage_tasks
+    from precomputed_tif.stores import open_store
+
+    stack = random_stack((10, 20, 30), "uint8", seed=12)
+    dest, pyramid = _convert(tmp_path, stack, sharded=True, task_bytes=20_000)
+    opened = open_store(dest)
+    copy = pickle.loads(pickle.dumps(opened))
+    assert copy.pyramid == opened.pyramid and copy.image == opened.image
+    np.testing.assert_array_equal(copy.read_region(1, opened_box(opened)), stack)
+    source = open_source(str(tmp_path / "planes" / "*.tif"))
+    writer = create_store("ngff", str(tmp_path / "again"), pyramid)
+    for stage in plan_stages(pyramid, task_budget_bytes=20_000, n_workers=2):
+        for task in stage_tasks(pyramid, stage, writer, source):
+            again = pickle.loads(pickle.dumps(task))
+            assert again.box == task.box and again.store.pyramid == pyramid
+
+
+def opened_box(store):
+    from precomputed_tif.geometry import full_box
+
+    return full_box(store.pyramid.scale(1).size)
+
+
+def test_reads_a_2d_image(tmp_path):
+    """yx only: a single plane, read as a volume one voxel deep."""
+    import zarr
+
+    data = np.arange(30 * 41, dtype=np.uint16).reshape(30, 41)
+    dest = str(tmp_path / "plane.zarr")
+    group = zarr.open_group(dest, mode="w", zarr_format=2)
+    group.create_array("0", shape=data.shape, dtype=data.dtype, chunks=(16, 16))[...] = data
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "yx"]
+    datasets = [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]}
+    ]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+    volume = open_volume(dest)
+    assert volume[1].shape == (1, 30, 41)
+    assert volume.pyramid.scale(1).resolution_nm[:2] == (500, 500)
+    np.testing.assert_array_equal(volume[1][0], data)
