@@ -156,22 +156,22 @@ class Pyramid:
         return replace(self, scales=tuple(scales))
 
     def zarr_sharded(self, task_bytes: int) -> Pyramid:
-        """This pyramid with every scale in zarr v3 shards: blocks of chunks, doubled along x,
-        then y, then z while one task of `task_bytes` can still make a whole shard."""
+        """This pyramid with every scale in zarr v3 shards: blocks of chunks as large as one task
+        of `task_bytes` can make whole, grown along x first, then y, then z, so that level-1
+        tasks read whole rows of the planes (as the unsharded planner prefers)."""
         scales = []
         for level, scale in enumerate(self.scales, start=1):
             chunk_bytes = math.prod(scale.chunk_size) * self.dtype.itemsize
             read_factor = 2.25 if level == 1 else 9.25  # as for precomputed shards above
             limit = max(chunk_bytes, int(task_bytes / read_factor))
             block = [1, 1, 1]
-            grown = True
-            while grown:
-                grown = False
-                for axis in range(3):
+            for axis in range(3):
+                while block[axis] < scale.grid_shape[axis]:
                     wider = block.copy()
                     wider[axis] = min(block[axis] * 2, scale.grid_shape[axis])
-                    if wider[axis] > block[axis] and math.prod(wider) * chunk_bytes <= limit:
-                        block, grown = wider, True
+                    if math.prod(wider) * chunk_bytes > limit:
+                        break
+                    block = wider
             size = tuple(c * b for c, b in zip(scale.chunk_size, block))
             scales.append(replace(scale, shard_size=size))  # type: ignore[arg-type]
         return replace(self, scales=tuple(scales))
