@@ -555,3 +555,30 @@ def test_reads_a_2d_image(tmp_path):
     assert volume[1].shape == (1, 30, 41)
     assert volume.pyramid.scale(1).resolution_nm[:2] == (500, 500)
     np.testing.assert_array_equal(volume[1][0], data)
+
+
+def test_array_reader_levels_of_an_anisotropic_pyramid(tmp_path):
+    """z kept at full resolution: scales 1_1_1, 2_2_1; level=2 is the second dataset, as the
+    original's ArrayReader(format="ngff") took it."""
+    import zarr
+
+    from precomputed_tif.client import ArrayReader
+
+    data = np.arange(6 * 20 * 24, dtype=np.uint16).reshape(6, 20, 24)
+    levels = [data, data[:, ::2, ::2]]
+    dest = str(tmp_path / "aniso.zarr")
+    group = zarr.open_group(dest, mode="w", zarr_format=2)
+    for k, level in enumerate(levels):
+        group.create_array(str(k), shape=level.shape, dtype=level.dtype, chunks=(4, 8, 8))[...] = (
+            level
+        )
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    datasets = [
+        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": s}]}
+        for k, s in enumerate([[4, 1, 1], [4, 2, 2]])
+    ]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
+    assert [s.key for s in open_volume(dest).pyramid.scales] == ["1_1_1", "2_2_1"]
+    np.testing.assert_array_equal(ArrayReader(dest, format="ngff", level=2)[:, :, :], levels[1])
+    with pytest.raises(Exception, match="no scale 4_4_4"):
+        ArrayReader(dest, format="ngff", level=4)

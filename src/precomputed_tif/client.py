@@ -27,10 +27,13 @@ class ArrayReader:
             format = None  # a server answers raw chunks whatever it stores
         volume = open_volume(path, format)
         key = f"{level}_{level}_{level}"
-        for index, scale in enumerate(volume.pyramid.scales, start=1):
-            if scale.key == key:
-                self._level: VolumeLevel = volume[index]
-                break
+        found = [i for i, s in enumerate(volume.pyramid.scales, start=1) if s.key == key]
+        power_of_two = level >= 1 and level & (level - 1) == 0
+        if not found and volume.format == "ngff" and power_of_two:
+            # the original read NGFF dataset log2(level), whatever each axis' factor
+            found = [level.bit_length()] if level.bit_length() <= len(volume) else []
+        if found:
+            self._level: VolumeLevel = volume[found[0]]
         else:
             keys = ", ".join(s.key for s in volume.pyramid.scales)
             raise StoreError(f"{url} has no scale {key}; it has {keys}")

@@ -100,5 +100,6 @@ class Volume:
 
 
 def open_volume(path: str, format: str | None = None) -> Volume:
-    """Open the volume folder at `path` (tiff, zarr or blockfs; detected when not given)."""
+    """Open the volume at `path` (tiff, zarr, blockfs, precomputed or an OME-Zarr image, ngff;
+    detected when not given)."""
     return Volume(open_store(path, format))
