@@ -228,10 +228,6 @@ class NgffStore(ChunkStore):
             data = data.astype(self.pyramid.dtype)
         return np.ascontiguousarray(data, data.dtype.newbyteorder("<")).tobytes()
 
-    def info_bytes(self) -> bytes:
-        """A Neuroglancer info for serving this image as a precomputed source."""
-        return self.pyramid.info_bytes()
-
 
 class _ShardWriter(TaskWriter):
     """Collects the chunks of one task, which make exactly one shard, and writes it on close."""
