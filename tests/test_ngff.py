@@ -368,21 +368,19 @@ def test_reads_the_originals_ngff_02_folder(tmp_path):
     group.attrs["multiscales"] = [
         {"version": 0.2, "name": "original", "datasets": [{"path": "0"}, {"path": "1"}]}
     ]
-    info = {
-        "data_type": "uint16",
-        "num_channels": 1,
-        "type": "image",
-        "scales": [
-            {
-                "key": "1_1_1",
-                "size": [30, 20, 9],
-                "resolution": [1800.0, 1800.0, 2000.0],
-                "chunk_sizes": [[8, 8, 8]],
-                "encoding": "raw",
-                "voxel_offset": [0, 0, 0],
-            }
-        ],
-    }
+    # the precomputed info the original wrote beside it (its write_info_file): every level
+    scales = [
+        {
+            "key": f"{r}_{r}_{r}",
+            "size": list(level.shape[::-1]),
+            "resolution": [1800.0 * r, 1800.0 * r, 2000.0 * r],
+            "chunk_sizes": [[8, 8, 8]],
+            "encoding": "raw",
+            "voxel_offset": [0, 0, 0],
+        }
+        for r, level in zip((1, 2), levels)
+    ]
+    info = {"data_type": "uint16", "num_channels": 1, "type": "image", "scales": scales}
     with open(os.path.join(dest, "info"), "w") as f:
         json.dump(info, f)
     from precomputed_tif.client import ArrayReader
@@ -558,8 +556,8 @@ def test_reads_a_2d_image(tmp_path):
 
 
 def test_array_reader_levels_of_an_anisotropic_pyramid(tmp_path):
-    """z kept at full resolution: scales 1_1_1, 2_2_1; level=2 is the second dataset, as the
-    original's ArrayReader(format="ngff") took it."""
+    """z kept at full resolution: level=2 is the second dataset (key 2_2_2, as the original
+    named dataset 1), with its own voxel size."""
     import zarr
 
     from precomputed_tif.client import ArrayReader
@@ -578,7 +576,9 @@ def test_array_reader_levels_of_an_anisotropic_pyramid(tmp_path):
         for k, s in enumerate([[4, 1, 1], [4, 2, 2]])
     ]
     group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
-    assert [s.key for s in open_volume(dest).pyramid.scales] == ["1_1_1", "2_2_1"]
+    pyramid = open_volume(dest).pyramid
+    assert [s.key for s in pyramid.scales] == ["1_1_1", "2_2_2"]
+    assert pyramid.scale(2).resolution_nm == (2000, 2000, 4000)
     np.testing.assert_array_equal(ArrayReader(dest, format="ngff", level=2)[:, :, :], levels[1])
     with pytest.raises(Exception, match="no scale 4_4_4"):
         ArrayReader(dest, format="ngff", level=4)

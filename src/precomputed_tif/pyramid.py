@@ -91,6 +91,8 @@ class Pyramid:
     data_type: str
     scales: tuple[Scale, ...]
     volume_type: str = "image"
+    # the converter writes one channel; volumes other tools wrote may hold more
+    num_channels: int = 1
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -112,7 +114,7 @@ class Pyramid:
         return {
             "@type": "neuroglancer_multiscale_volume",
             "data_type": self.data_type,
-            "num_channels": 1,
+            "num_channels": self.num_channels,
             "scales": [s.to_json() for s in self.scales],
             "type": self.volume_type,
         }
@@ -126,11 +128,14 @@ class Pyramid:
             scales = tuple(Scale.from_json(s) for s in info["scales"])
             data_type = str(info["data_type"]).lower()
             volume_type = str(info.get("type", "image"))
+            num_channels = int(info.get("num_channels", 1))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise StoreError(f"info file is not a Neuroglancer volume info: {exc!r}") from exc
         if not scales:
             raise StoreError("info file lists no scales")
-        return cls(data_type=data_type, scales=scales, volume_type=volume_type)
+        if num_channels < 1:
+            raise StoreError(f"info file has num_channels {num_channels}; expected 1 or more")
+        return cls(data_type, scales, volume_type, num_channels)
 
     def with_levels(self, n_levels: int) -> Pyramid:
         return replace(self, scales=self.scales[:n_levels])
@@ -177,6 +182,11 @@ class Pyramid:
         return replace(self, scales=tuple(scales))
 
 
+def max_levels(size: XYZ) -> int:
+    """Levels until every axis is one voxel (each level halves, rounding up)."""
+    return 1 + max((s - 1).bit_length() for s in size)
+
+
 def plan_pyramid(
     size: XYZ,
     dtype: str,
@@ -206,6 +216,13 @@ def plan_pyramid(
         raise PlanError(f"volume size {size} must be at least one voxel on every axis")
     if levels is not None and levels < 1:
         raise PlanError(f"--levels {levels} must be at least 1")
+    most = max_levels(size)
+    if levels is not None and levels > most:
+        raise PlanError(
+            f"--levels {levels} is more than a {'x'.join(map(str, size))} volume can have: level "
+            f"{most} is already 1x1x1, so give --levels {most} or less (or leave it out: levels "
+            "then stop when the coarsest fits in one chunk)"
+        )
     scales = []
     level_size = size
     level = 1

@@ -1,8 +1,10 @@
 """The Neuroglancer client bundled in the ``neuroglancer`` wheel, and links that open it.
 
-The wheel's client is built for its Python server: it only starts under ``/v/<token>/`` and reads
-its state from the URL fragment (``#!`` + JSON). We serve its files and build that fragment, so a
-user needs no internet to look at the data.
+The wheel's client is built for its Python server: it only starts under ``/v/<token>/``, reads
+its state from the URL fragment (``#!`` + JSON), and listens at ``/events/<token>`` for state
+that Python pushes. We serve its files, build that fragment, and give its page a quiet stand-in
+for that event stream (no Python drives this viewer), so the status bar stays clean and the
+server is not asked every two seconds. A user needs no internet to look at the data.
 """
 
 from __future__ import annotations
@@ -15,6 +17,34 @@ from typing import Any
 from ..errors import PrecomputedTifError
 
 VIEWER_PATH = "/v/ng/"
+
+# Runs before the client's scripts: an EventSource for the Python server's /events/<token> that
+# opens and then stays silent, as the real stream does while Python changes nothing. Every other
+# EventSource is the browser's own. (The client shows "Disconnected from Python server" and
+# retries every 2 s when that stream fails, and a streaming answer would hold a server thread.)
+QUIET_EVENTS_SCRIPT = r"""<script>(function () {
+  var Real = window.EventSource;
+  function Quiet(url) {
+    var self = this;
+    self.url = String(url);
+    self.readyState = 0;
+    self.withCredentials = false;
+    setTimeout(function () {
+      if (self.readyState !== 0) return;
+      self.readyState = 1;
+      if (self.onopen) self.onopen(new Event("open"));
+    }, 0);
+  }
+  Quiet.prototype.close = function () { this.readyState = 2; };
+  Quiet.prototype.addEventListener = function () {};
+  Quiet.prototype.removeEventListener = function () {};
+  function EventSource(url, init) {
+    if (/\/events\/[^/]+$/.test(new URL(url, location.href).pathname)) return new Quiet(url);
+    return new Real(url, init);
+  }
+  EventSource.CONNECTING = 0; EventSource.OPEN = 1; EventSource.CLOSED = 2;
+  window.EventSource = EventSource;
+})();</script>"""
 
 
 def client_folder() -> str:
@@ -29,6 +59,17 @@ def client_folder() -> str:
     if not os.path.isfile(os.path.join(folder, "index.html")):
         raise PrecomputedTifError(f"the neuroglancer package has no built client in {folder}")
     return folder
+
+
+def index_page(folder: str) -> bytes:
+    """The client's ``index.html`` with the quiet event stream installed before its scripts."""
+    with open(os.path.join(folder, "index.html"), "rb") as f:
+        page = f.read().decode("utf-8")
+    head = page.find("<head>")
+    if head < 0:
+        return (QUIET_EVENTS_SCRIPT + page).encode("utf-8")
+    at = head + len("<head>")
+    return (page[:at] + QUIET_EVENTS_SCRIPT + page[at:]).encode("utf-8")
 
 
 Layer = tuple[str, str, dict[str, Any], "tuple[float, float] | None"]

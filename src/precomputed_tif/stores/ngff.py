@@ -66,6 +66,17 @@ def is_ngff(location: Location) -> bool:
     return False
 
 
+def ngff_folders(location: Location) -> set[str]:
+    """The top folders of the levels an OME-Zarr image at `location` lists (none if it is not
+    one): what a volume made by ``--format ngff`` holds besides its metadata."""
+    try:
+        store = NgffStore.open(location.url)
+    except (StoreError, ValueError):
+        return set()
+    assert store.image is not None
+    return {path.split("/")[0] for path in store.image.paths}
+
+
 @dataclass(frozen=True, eq=False)
 class NgffStore(ChunkStore):
     """An OME-Zarr image. `image` is what an existing group's metadata said (None: our own
@@ -277,7 +288,8 @@ def _old_info_resolution(location: Location) -> tuple[float, float, float] | Non
 def _pyramid_of(
     image: OmeImage, arrays: list[ZarrArray], old_resolution: tuple[float, float, float] | None
 ) -> Pyramid:
-    """Neuroglancer's view of an OME image: one scale per dataset, keyed by its factors."""
+    """Neuroglancer's view of an OME image: one scale per dataset (resolutions from the
+    metadata, or from the shapes), keyed ``2**i`` for dataset ``i`` whatever its factors."""
     z, y, x = image.space
 
     def xyz(values: tuple[int, ...]) -> tuple[int, int, int]:
@@ -289,19 +301,14 @@ def _pyramid_of(
     first = xyz(arrays[0].shape)
     base = image.voxel_nm[0] or old_resolution or (1000.0, 1000.0, 1000.0)
     scales = []
-    keys: set[str] = set()
     for level, array in enumerate(arrays):
         size = xyz(array.shape)
         given = image.voxel_nm[level] if image.voxel_nm[0] is not None else None
         resolution = given or tuple(b * max(1, round(f / s)) for b, f, s in zip(base, first, size))
-        factors = [max(1, round(r / b)) for r, b in zip(resolution, base)]
-        key = "_".join(map(str, factors))
-        if key in keys:
-            key = f"{key}_{level}"
-        keys.add(key)
+        factor = 2**level  # dataset i is 2**i_2**i_2**i, as the original's server named it
         scales.append(
             Scale(
-                key=key,
+                key=f"{factor}_{factor}_{factor}",
                 size=size,
                 chunk_size=xyz(array.chunks),
                 resolution_nm=tuple(float(r) for r in resolution),  # type: ignore[arg-type]
@@ -314,4 +321,4 @@ def _pyramid_of(
     )
 
 
-__all__ = ["NGFF_METADATA", "NgffStore", "group_name", "is_ngff"]
+__all__ = ["NGFF_METADATA", "NgffStore", "group_name", "is_ngff", "ngff_folders"]
