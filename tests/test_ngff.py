@@ -582,3 +582,23 @@ def test_array_reader_levels_of_an_anisotropic_pyramid(tmp_path):
     np.testing.assert_array_equal(ArrayReader(dest, format="ngff", level=2)[:, :, :], levels[1])
     with pytest.raises(Exception, match="no scale 4_4_4"):
         ArrayReader(dest, format="ngff", level=4)
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["0.4", "0.5"])
+def test_verify_finds_a_lost_or_damaged_chunk(tmp_path, sharded):
+    """Every chunk is stored (zeros too), so a missing one is a lost one."""
+    stack = random_stack((12, 20, 24), "uint16", seed=13)
+    stack[:, :8, :8] = 0  # an all-zero chunk is stored like any other
+    dest, _ = _convert(tmp_path, stack, sharded=sharded, task_bytes=20_000)
+    assert open_volume(dest).verify().ok
+    if sharded:
+        shard = os.path.join(dest, "0", "c", "0", "0", "0", "0", "0")
+        with open(shard, "r+b") as f:
+            f.seek(20)
+            f.write(b"\xff" * 16)  # inside the first inner chunk's Blosc frame
+        report = open_volume(dest).verify()
+        assert not report.ok and "damaged" in report.problems[0].what
+    else:
+        os.remove(os.path.join(dest, "0", "0", "0", "0", "0", "0"))
+        report = open_volume(dest).verify()
+        assert not report.ok and [p.what for p in report.problems] == ["missing"]

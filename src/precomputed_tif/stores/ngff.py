@@ -1,11 +1,12 @@
 """``--format ngff``: an OME-Zarr image, 0.4 on zarr v2, or 0.5 on zarr v3 with shards.
 
 We write one 5-D array ``(t, c, z, y, x)`` per level at ``0``, ``1``, ... (the original NGFF
-layout, so a channel axis can grow later), Blosc-zstd chunks of the chunk size, all-zero chunks
-left out (they read as the fill value), and the group metadata last, so an interrupted run is no
-image yet. With shards (`Scale.shard_size`) one task assembles a whole shard and writes it once.
-Reading takes anyone's OME-Zarr 0.1-0.5 through `_zarr.ZarrArray`: the space axes are the
-volume, every other axis is read at index 0.
+layout, so a channel axis can grow later) in Blosc-zstd chunks of the chunk size, every chunk
+stored (all-zero ones too: a missing chunk then means a lost one, which ``--verify`` reports),
+and the group metadata last, so an interrupted run is no image yet. With shards
+(`Scale.shard_size`) one task assembles a whole shard and writes it once. Reading takes anyone's
+OME-Zarr 0.1-0.5 through `_zarr.ZarrArray`: the space axes are the volume, every other axis is
+read at index 0, and a chunk never written reads as the fill value.
 """
 
 from __future__ import annotations
@@ -172,10 +173,8 @@ class NgffStore(ChunkStore):
             return _ShardWriter(self, level)
         return super().task_writer(level, task_index)
 
-    def full_chunk(self, level: int, data: np.ndarray) -> np.ndarray | None:
-        """`data` as a whole 5-D chunk, padded with zeros; None when it is all zeros."""
-        if not data.any():
-            return None
+    def full_chunk(self, level: int, data: np.ndarray) -> np.ndarray:
+        """`data` as a whole 5-D chunk, padded with zeros (zarr stores edge chunks whole)."""
         cx, cy, cz = self.pyramid.scale(level).chunk_size
         padded = np.zeros((1, 1, cz, cy, cx), data.dtype)
         padded[0, 0, : data.shape[0], : data.shape[1], : data.shape[2]] = data
@@ -184,10 +183,9 @@ class NgffStore(ChunkStore):
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
         if self.sharded:
             raise StoreError("a sharded level is written a shard at a time (task_writer)")
-        whole = self.full_chunk(level, data)
-        if whole is not None:
-            index = "/".join(map(str, self._index(level, box)))
-            self.files.write(f"{self.dataset_path(level)}/{index}", encode_chunk(whole))
+        index = "/".join(map(str, self._index(level, box)))
+        encoded = encode_chunk(self.full_chunk(level, data))
+        self.files.write(f"{self.dataset_path(level)}/{index}", encoded)
 
     def write_info(self) -> None:
         """The group metadata, last of all: until it exists the folder is no image."""
@@ -258,14 +256,12 @@ class _ShardWriter(TaskWriter):
         if self.shard is not None and shard != self.shard:
             raise StoreError(f"a task of level {self.level} spans shards {self.shard}, {shard}")
         self.shard = shard
-        whole = self.ngff.full_chunk(self.level, data)
-        if whole is not None:
-            x, y, z = (g % p for g, p in zip(grid, per))
-            self.blobs[(0, 0, z, y, x)] = encode_chunk(whole)
+        x, y, z = (g % p for g, p in zip(grid, per))
+        self.blobs[(0, 0, z, y, x)] = encode_chunk(self.ngff.full_chunk(self.level, data))
 
     def close(self) -> None:
-        if not self.blobs or self.shard is None:
-            return  # an all-zero shard is not stored: it reads as fill
+        if self.shard is None:
+            return
         scale = self.ngff.pyramid.scale(self.level)
         assert scale.shard_size is not None
         per = tuple(s // c for s, c in zip(scale.shard_size, scale.chunk_size))
