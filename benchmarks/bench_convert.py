@@ -57,6 +57,9 @@ FORMAT_FLAGS = {
     "blockfs": ["--format", "blockfs"],
     "precomputed": ["--format", "precomputed"],
     "precomputed-sharded": ["--format", "precomputed", "--sharded"],
+    # OME-Zarr; both rows with the same task memory, so their shards and tasks compare
+    "ngff": ["--format", "ngff", "--task-memory", "{ngff_task_memory}"],
+    "ngff-sharded": ["--format", "ngff", "--sharded", "--task-memory", "{ngff_task_memory}"],
     # the same tasks on a local Dask cluster of 2 worker processes (its overhead vs the pool)
     "blockfs-dask2": ["--format", "blockfs", "--dask-workers", "2"],
     # ... and on a cluster already running (as on a lab's cluster): no start-up in the figure;
@@ -65,7 +68,14 @@ FORMAT_FLAGS = {
 }
 ORIGINAL_FORMATS = ("tiff", "zarr", "blockfs")  # the original has no --format precomputed
 # the TensorStore row each row's "vs TS" compares with (default: tensorstore)
-TS_PEER = {"ours-precomputed-sharded": "tensorstore-sharded", "tensorstore-sharded": None}
+TS_PEER = {
+    "ours-precomputed-sharded": "tensorstore-sharded",
+    "tensorstore-sharded": None,
+    "ours-ngff": "tensorstore-zarr3-sharded",
+    "ours-ngff-sharded": "tensorstore-zarr3-sharded",
+    "tensorstore-zarr3-sharded": None,
+}
+NGFF_TASK_MEMORY = "128M"
 ROUNDINGS = ("floor", "nearest")
 
 
@@ -157,16 +167,36 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def ngff_shards(size: XYZ, dtype: np.dtype, levels: int, task_memory: str) -> str:
+    """The shard shapes (x,y,z per level, ';'-joined) ours writes with this task memory."""
+    from precomputed_tif import plan_pyramid
+    from precomputed_tif.cli._common import parse_size
+
+    pyramid = plan_pyramid(
+        size, dtype.name, voxel_size_nm=(1000, 1000, 1000), chunk_size=(CHUNK,) * 3, levels=levels
+    ).zarr_sharded(parse_size(task_memory))
+    return ";".join(",".join(map(str, s.shard_size or ())) for s in pyramid.scales)
+
+
 # ---------------------------------------------------------------------------------------------
 # the correctness check
 
 
 def read_chunk(root: Path, level: int, start: XYZ, stop: XYZ, dtype: np.dtype) -> np.ndarray | None:
-    """A chunk of a raw-encoded precomputed output as (z, y, x), sharded or not.
+    """A chunk of a raw-encoded precomputed output as (z, y, x), sharded or not, or of an
+    OME-Zarr output (5-D, t and c of size 1; read through TensorStore).
 
     The scale is the level-th one listed in the info (keys differ between writers). Unsharded:
     the chunk file itself. Sharded: read through TensorStore (which also checks the sharding).
     """
+    if (root / "zarr.json").exists() or (root / ".zattrs").exists():
+        import tensorstore as ts
+
+        driver = "zarr3" if (root / "zarr.json").exists() else "zarr"
+        spec = {"driver": driver, "kvstore": {"driver": "file", "path": f"{root}/{level - 1}/"}}
+        array = ts.open(spec, read=True).result()
+        region = array[0, 0, start[2] : stop[2], start[1] : stop[1], start[0] : stop[0]]
+        return np.asarray(region.read().result())
     info = json.loads((root / "info").read_text())
     scale = info["scales"][level - 1]
     if "sharding" not in scale:
@@ -345,6 +375,14 @@ def main() -> None:
 
     recipe("tensorstore", "recipe_tensorstore.py", ("tensorstore",), lv)
     recipe("tensorstore-sharded", "recipe_tensorstore.py", ("tensorstore",), [*lv, "--sharded"])
+    if any(f.startswith("ngff") for f in formats):
+        shards = ngff_shards(size, dtype, levels, NGFF_TASK_MEMORY)
+        recipe(
+            "tensorstore-zarr3-sharded",
+            "recipe_tensorstore_zarr3.py",
+            ("tensorstore", "precomputed_tif"),
+            [*lv, "--shards", shards],
+        )
     recipe("cloudvolume", "recipe_cloudvolume.py", ("cloudvolume", "tinybrain"), lv)
     recipe("floor", "recipe_floor.py", (), lv)
 
@@ -356,9 +394,9 @@ def main() -> None:
             contenders.append(Contender(name, None, ours_note, fmt=f))
             continue
         out = outroot / name
-        flags = FORMAT_FLAGS[f]
+        flags = [v.replace("{ngff_task_memory}", NGFF_TASK_MEMORY) for v in FORMAT_FLAGS[f]]
         argv = [*ours_cmd, "--source", pattern, "--dest", str(out), *flags, *lv, *cores]
-        check = f.startswith("precomputed")  # the same files as the peers': check them too
+        check = f.startswith(("precomputed", "ngff"))  # the same data as the peers': check them
         contenders.append(Contender(name, argv, out=out, fmt=f, check=check))
     if a.original:
         exe = Path(a.original) / "precomputed-tif"

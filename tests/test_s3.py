@@ -115,6 +115,32 @@ def test_written_to_s3_equals_the_local_folder(tmp_path, s3, stack_and_planes, f
     assert_every_chunk_equal(url, reference_pyramid(stack, 4))
 
 
+@pytest.mark.parametrize("fmt", ["ngff", "ngff --sharded"])
+def test_ome_zarr_written_to_s3_equals_the_local_folder_and_is_served(
+    tmp_path, s3, stack_and_planes, fmt
+):
+    """The image is named after its folder: both destinations end in the same name."""
+    from precomputed_tif import open_volume
+    from precomputed_tif.serve import PrecomputedApp
+    from precomputed_tif.serve.config import resolve_source
+
+    stack, planes = stack_and_planes
+    local = str(tmp_path / "vol.ome.zarr")
+    url = f"{s3}/{fmt.replace(' --', '-')}/vol.ome.zarr"
+    _convert(planes, local, fmt)
+    _convert(planes, url, fmt)
+    assert _objects(url) == _files(local)
+    assert_every_chunk_equal(url, reference_pyramid(stack, 4))
+    assert open_volume(url).format == "ngff"
+    remote_app = PrecomputedApp(single=resolve_source("", url, None))
+    local_app = PrecomputedApp(single=resolve_source("", local, None))
+    assert json.loads(call(remote_app, "/info").body) == json.loads(call(local_app, "/info").body)
+    metadata = "/zarr.json" if "sharded" in fmt else "/.zattrs"
+    for path in (metadata, "/1_1_1/0-16_16-32_32-48", "/4_4_4/16-24_0-16_0-12"):
+        got, want = call(remote_app, path), call(local_app, path)
+        assert got.status == want.status == 200 and got.body == want.body, path
+
+
 @pytest.mark.slow
 def test_dask_workers_write_to_s3(tmp_path, s3, stack_and_planes):
     pytest.importorskip("distributed")

@@ -141,63 +141,21 @@ def clear_cache(url: str | None = None) -> None:
 def get_ngff_info(url: str) -> Info:
     """An ``info`` for an OME-Zarr (NGFF) image: one scale per multiscale dataset, keyed
     ``2**i`` for dataset ``i`` as in the original, with the arrays' real data type (the
-    original always said ``uint16``)."""
-    import json
-
-    from .locations import open_location
+    original always said ``uint16``) and the voxel sizes the metadata gives."""
+    from .stores import open_store
 
     base = _base_url(url)
     with _lock:
         cached = _infos.get("ngff:" + base)
     if cached is not None:
         return cached
-    location = open_location(base)
-    attrs_raw = location.read(".zattrs")
-    v3 = attrs_raw is None
-    if v3:
-        meta = json.loads(location.read("zarr.json") or b"{}")
-        attrs = meta.get("attributes", {}).get("ome", meta.get("attributes", {}))
-    else:
-        attrs = json.loads(attrs_raw or b"{}")
-    try:
-        multiscale = attrs["multiscales"][0]
-        datasets = [str(d["path"]) for d in multiscale["datasets"]]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise StoreError(f"{url} is not an OME-Zarr image (no multiscales): {exc!r}") from exc
-    scales = []
-    data_type = "uint16"
-    for index, path in enumerate(datasets):
-        if v3:
-            array = json.loads(location.read(f"{path}/zarr.json") or b"null")
-            if array is None:
-                raise StoreError(f"{url}/{path} has no zarr.json")
-            shape = array["shape"]
-            chunks = array["chunk_grid"]["configuration"]["chunk_shape"]
-            data_type = np.dtype(array["data_type"]).name
-        else:
-            array = json.loads(location.read(f"{path}/.zarray") or b"null")
-            if array is None:
-                raise StoreError(f"{url}/{path} has no .zarray")
-            shape, chunks = array["shape"], array["chunks"]
-            data_type = np.dtype(array["dtype"]).name
-        factor = 2**index
-        scales.append(
-            {
-                "chunk_sizes": [list(reversed(chunks[-3:]))],
-                "encoding": "raw",
-                "key": f"{factor}_{factor}_{factor}",
-                "resolution": [float(factor)] * 3,
-                "size": list(reversed(shape[-3:])),
-                "voxel_offset": [0, 0, 0],
-            }
-        )
-    info = Info({"data_type": data_type, "num_channels": 1, "type": "image", "scales": scales})
+    info = Info(open_store(base, "ngff").pyramid.to_info())
     with _lock:
         _infos["ngff:" + base] = info
     return info
 
 
-def _open_level(url: str, key: str) -> VolumeLevel:
+def _open_level(url: str, key: str, format: str | None = None) -> VolumeLevel:
     """The level of `url` whose scale key is `key`, opened once and kept."""
     base = _base_url(url)
     with _lock:
@@ -205,7 +163,7 @@ def _open_level(url: str, key: str) -> VolumeLevel:
     if cached is not None:
         return cached
     # the layout is read from the folder: the original's `format` argument only named it
-    volume = open_volume(base)
+    volume = open_volume(base, "ngff" if format == "ngff" else None)
     for index, scale in enumerate(volume.pyramid.scales, start=1):
         if scale.key == key:
             level = volume[index]
@@ -289,7 +247,7 @@ class ArrayReader:
                 raise
             self.info = get_ngff_info(url)
         self.scale = self.info.get_scale(level)
-        self._level = _open_level(url, self.scale.key)
+        self._level = _open_level(url, self.scale.key, format)
 
     @property
     def shape(self) -> tuple[int, ...]:

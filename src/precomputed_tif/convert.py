@@ -37,6 +37,7 @@ from .sources import PlaneSource, PlaneStamp
 from .stores import ChunkStore
 from .stores.base import INFO_NAME, STATE_DIR, TMP_DIR
 from .stores.blockfs import PartDamagedError
+from .stores.ngff import ngff_folders
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,12 @@ def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     for key in ("data_type", "type"):
         if old_info.get(key) != new_info.get(key):
             return f"its {key} is {old_info.get(key)}, this run makes {new_info.get(key)}"
+    sharding = [
+        [(sc.get("sharding"), sc.get("shard_size")) for sc in info.get("scales", [])]
+        for info in (old_info, new_info)
+    ]
+    if sharding[0] != sharding[1] and len(sharding[0]) == len(sharding[1]):
+        return "its sharding differs (--sharded, or another task memory)"
     return "its levels, sizes, chunk size or voxel size differ"
 
 
@@ -171,10 +178,10 @@ def _foreign_message(dest: str, foreign: list[str], *, overwriting: bool) -> str
 
 def _volume_names(root: WritableLocation) -> set[str]:
     """Names a volume made by this tool (or the original) may leave in its folder."""
-    known = {INFO_NAME, STATE_DIR, ".zgroup"}
+    known = {INFO_NAME, STATE_DIR, ".zgroup", ".zattrs", "zarr.json"}
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         known |= {s["key"] for s in json.loads(root.read(INFO_NAME) or b"")["scales"]}
-    return known
+    return known | ngff_folders(root)
 
 
 def _clear_destination(root: WritableLocation, dest: str) -> None:
@@ -183,6 +190,7 @@ def _clear_destination(root: WritableLocation, dest: str) -> None:
     known = _volume_names(root)
     if run and "info" in run:
         known |= {s["key"] for s in run["info"]["scales"]}
+        known |= {str(i) for i in range(len(run["info"]["scales"]))}  # ngff levels
     names = root.names()
     foreign = _foreign_names(root, known)
     if foreign:

@@ -116,9 +116,7 @@ def decode_chunk(
                 raise StoreError(
                     f"compressed_segmentation chunks of {channels} channels are not supported"
                 )
-            xyz = codec.decompress(
-                blob, (nx, ny, nz), dtype, block_size=block_size, order="F"
-            )
+            xyz = codec.decompress(blob, (nx, ny, nz), dtype, block_size=block_size, order="F")
             return np.ascontiguousarray(np.asarray(xyz).reshape(nx, ny, nz).T)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise StoreError(f"a {encoding} chunk does not decode to {shape_zyx}: {exc}") from exc

@@ -135,6 +135,10 @@ class Location(Protocol):
 
     def read_range(self, name: str, offset: int, size: int) -> bytes | None: ...
 
+    def read_suffix(self, name: str, size: int) -> bytes | None:
+        """The last `size` bytes (all of a shorter file): zarr v3 shard indexes end a file."""
+        ...
+
     def child(self, name: str) -> Location: ...
 
 
@@ -220,6 +224,14 @@ class LocalLocation:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
+    def read_suffix(self, name: str, size: int) -> bytes | None:
+        try:
+            with open(self._file(name), "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+                return f.read(size)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     def child(self, name: str) -> LocalLocation:
         return LocalLocation(self._file(name), self.tmp_dir)
 
@@ -300,6 +312,10 @@ class HttpLocation:
             return b""
         return self._get(name, {"Range": f"bytes={offset}-{offset + size - 1}"})
 
+    def read_suffix(self, name: str, size: int) -> bytes | None:
+        body = self._get(name, {"Range": f"bytes=-{size}"})
+        return None if body is None else body[-size:]  # a server ignoring Range sends it all
+
     def child(self, name: str) -> HttpLocation:
         """The location under `name`, sharing this one's connections (same host)."""
         child = HttpLocation(self.url + "/" + name)
@@ -354,6 +370,16 @@ class FsspecLocation:
             return b""
         try:
             return bytes(self.fs.cat_file(self._path(name), start=offset, end=offset + size))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise self._fail("read", name, exc) from exc
+
+    def read_suffix(self, name: str, size: int) -> bytes | None:
+        try:
+            total = int(self.fs.size(self._path(name)))
+            start = max(0, total - size)
+            return bytes(self.fs.cat_file(self._path(name), start=start, end=total))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:

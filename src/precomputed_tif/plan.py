@@ -148,6 +148,9 @@ def _choose_stage(
     worker busy."""
     if pyramid.scale(first).sharding is not None:
         return _shard_block_stage(pyramid, first)
+    shard_size = pyramid.scale(first).shard_size
+    if shard_size is not None:
+        return Stage(first, first, shard_size)  # a zarr shard is written whole by one task
     shallow = _region_for(pyramid, first, 1, budget, overhead, cut_x=cut_x)
     if shallow is None:
         return None
@@ -226,6 +229,8 @@ def level_plans(pyramid: Pyramid, format_name: str) -> list[LevelPlan]:
             files = _shard_files(
                 scale.grid_shape, ShardingSpec.from_json(scale.sharding_json or {})
             )
+        elif scale.shard_size is not None:
+            files = math.prod(-(-s // b) for s, b in zip(scale.size, scale.shard_size))
         else:
             files = scale.n_chunks
         plans.append(LevelPlan(level, scale.key, scale.size, scale.n_chunks, files, raw))

@@ -8,6 +8,7 @@ original precomputed-tif. Reading and writing ``info`` happens here and nowhere 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,6 +33,9 @@ class Scale:
     # the info's own JSON for these two: a sharding spec, and compressed_segmentation's blocks
     sharding: tuple[tuple[str, Any], ...] | None = None
     segmentation_block_size: XYZ | None = None
+    # our own (not Neuroglancer's): voxels per zarr v3 shard of --format ngff --sharded, a block
+    # of chunks one task writes whole; it appears only in the run record, never in an info file
+    shard_size: XYZ | None = None
 
     @property
     def sharding_json(self) -> dict[str, Any] | None:
@@ -59,6 +63,8 @@ class Scale:
             out["compressed_segmentation_block_size"] = list(self.segmentation_block_size)
         if self.sharding is not None:
             out["sharding"] = dict(self.sharding)
+        if self.shard_size is not None:
+            out["shard_size"] = list(self.shard_size)
         return out
 
     @classmethod
@@ -74,6 +80,7 @@ class Scale:
             segmentation_block_size=_xyz(obj["compressed_segmentation_block_size"])
             if obj.get("compressed_segmentation_block_size")
             else None,
+            shard_size=_xyz(obj["shard_size"]) if obj.get("shard_size") else None,
         )
 
 
@@ -151,6 +158,27 @@ class Pyramid:
                 data_encoding=data_encoding,
             )
             scales.append(replace(scale, sharding=tuple(sorted(spec.to_json().items()))))
+        return replace(self, scales=tuple(scales))
+
+    def zarr_sharded(self, task_bytes: int) -> Pyramid:
+        """This pyramid with every scale in zarr v3 shards: blocks of chunks as large as one task
+        of `task_bytes` can make whole, grown along x first, then y, then z, so that level-1
+        tasks read whole rows of the planes (as the unsharded planner prefers)."""
+        scales = []
+        for level, scale in enumerate(self.scales, start=1):
+            chunk_bytes = math.prod(scale.chunk_size) * self.dtype.itemsize
+            read_factor = 2.25 if level == 1 else 9.25  # as for precomputed shards above
+            limit = max(chunk_bytes, int(task_bytes / read_factor))
+            block = [1, 1, 1]
+            for axis in range(3):
+                while block[axis] < scale.grid_shape[axis]:
+                    wider = block.copy()
+                    wider[axis] = min(block[axis] * 2, scale.grid_shape[axis])
+                    if math.prod(wider) * chunk_bytes > limit:
+                        break
+                    block = wider
+            size = tuple(c * b for c, b in zip(scale.chunk_size, block))
+            scales.append(replace(scale, shard_size=size))  # type: ignore[arg-type]
         return replace(self, scales=tuple(scales))
 
 

@@ -141,11 +141,13 @@ def open_volume(path: str, format: str | None = None) -> Volume:
     Parameters
     ----------
     path
-        A folder (tiff, zarr, blockfs or Neuroglancer precomputed layout), a ``file://``,
-        ``http(s)://`` or fsspec URL (``s3://``, ``gs://``); ``precomputed://`` prefixes are
-        accepted.
+        A folder (tiff, zarr, blockfs or Neuroglancer precomputed layout, or an OME-Zarr image),
+        a ``file://``, ``http(s)://`` or fsspec URL (``s3://``, ``gs://``); ``precomputed://``
+        and ``zarr://`` prefixes are accepted.
     format
-        The layout (``tiff``, ``zarr``, ``blockfs``, ``precomputed``); detected when None.
+        The layout (``tiff``, ``zarr``, ``blockfs``, ``precomputed``, ``ngff``); detected when
+        None. An ``http(s)://`` URL is read as a precomputed source unless it holds no ``info``
+        but an OME-Zarr image, or `format` is ``ngff``.
 
     Returns
     -------

@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--format",
         default="tiff",
-        choices=["tiff", "zarr", "blockfs", "precomputed"],
-        help="chunk storage: tiff (a 3D TIFF per chunk), zarr, blockfs (few large files), or "
-        "precomputed (Neuroglancer's own files, served by any static web server)",
+        choices=["tiff", "zarr", "blockfs", "precomputed", "ngff"],
+        help="chunk storage: tiff (a 3D TIFF per chunk), zarr, blockfs (few large files), "
+        "precomputed (Neuroglancer's own files, served by any static web server), or ngff "
+        "(an OME-Zarr image that Neuroglancer, napari and other OME-Zarr tools open)",
     )
     parser.add_argument(
         "--encoding",
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sharded",
         action="store_true",
-        help="--format precomputed as neuroglancer_uint64_sharded_v1 shards: few files per level",
+        help="few files per level: --format precomputed as neuroglancer_uint64_sharded_v1 "
+        "shards, --format ngff as OME-Zarr 0.5 on zarr v3 with sharding_indexed shards",
     )
     parser.add_argument(
         "--gzip",
@@ -548,11 +550,23 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             pyramid.n_levels,
             args.format,
         )
-        if args.format != "precomputed" and (args.encoding != "raw" or args.gzip or args.sharded):
-            raise PlanError("--encoding, --gzip and --sharded apply to --format precomputed only")
+        if args.format == "ngff" and (args.encoding != "raw" or args.gzip):
+            raise PlanError(
+                "--encoding and --gzip apply to --format precomputed only; --format ngff writes "
+                "Blosc-zstd chunks and takes --sharded, --chunk-size, --levels and --segmentation"
+            )
+        if args.format not in ("precomputed", "ngff") and (
+            args.encoding != "raw" or args.gzip or args.sharded
+        ):
+            raise PlanError(
+                "--encoding and --gzip apply to --format precomputed only, --sharded to "
+                "--format precomputed and ngff"
+            )
         if args.sharded and args.gzip:
             raise PlanError("--gzip is for unsharded files: shards compress their chunks already")
-        if args.sharded:
+        if args.sharded and args.format == "ngff":
+            pyramid = pyramid.zarr_sharded(budget.task_bytes)
+        elif args.sharded:
             pyramid = pyramid.sharded(budget.task_bytes)
         remote = is_remote(args.dest)
         dest = args.dest if remote else os.path.abspath(args.dest)

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-f",
         "--format",
         default=None,
-        choices=["tiff", "zarr", "blockfs", "raw"],
+        choices=["tiff", "zarr", "blockfs", "ngff", "raw"],
         help="layout of the folder (default: detected)",
     )
     parser.add_argument(
@@ -136,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Serving {where} at {server.url}", flush=True)
         if args.viewer:
             print(f"Viewer: {_link(server.url, served)}", flush=True)
+        if not args.config and source.format == "ngff":
+            print(
+                f"OME-Zarr: zarr://{server.url}/ (the same URL works from any static web server "
+                "or bucket that sends CORS headers and answers byte ranges)",
+                flush=True,
+            )
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -185,10 +191,21 @@ def _bind(app: Any, args: argparse.Namespace) -> Server:
 def _link(base_url: str, served: list[tuple[str, str, str]]) -> str:
     from ..errors import StoreError
     from ..serve.viewer import display_range, viewer_link, viewer_state
+    from ..stores import open_store
     from ..stores.base import read_info
 
     layers = []
     for name, path, directory in served:
+        try:
+            store = open_store(directory)
+        except StoreError:
+            store = None
+        if store is not None and store.format_name == "ngff":
+            # the folder's own files, as any OME-Zarr reader would fetch them
+            url = f"zarr://{base_url}{path}/"
+            info = store.pyramid.to_info()
+            layers.append((name, url, info, display_range(directory)))
+            continue
         try:
             info = read_info(directory)
         except StoreError:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import StoreError
+from ..stores.ngff import NGFF_METADATA
 from . import volumes
 from .config import Source
 from .http import (
@@ -154,7 +155,9 @@ class PrecomputedApp:
 
     def _volume(self, source: Source, parts: list[str]) -> Response:
         if parts == ["info"]:
-            return volumes.serve_info(source)
+            return volumes.serve_info(source, self.stores)
+        if source.format == "ngff":
+            return self._ngff(source, parts)
         if source.format == "raw":
             if not parts or parts == [""]:
                 raise HttpError(404, "not found")
@@ -162,6 +165,16 @@ class PrecomputedApp:
         if len(parts) == 2:
             return volumes.serve_chunk(source, self.stores, self.chunks, parts[0], parts[1])
         raise HttpError(404, "not found")
+
+    def _ngff(self, source: Source, parts: list[str]) -> Response:
+        """An OME-Zarr folder: precomputed chunks by scale key, else its own files (zarr://)."""
+        if len(parts) == 2 and "_" in parts[0] and "-" in parts[1]:
+            keys = {scale.key for scale in self.stores.get(source).pyramid.scales}
+            if parts[0] in keys:
+                return volumes.serve_chunk(source, self.stores, self.chunks, parts[0], parts[1])
+        if not parts or parts == [""]:
+            raise HttpError(404, "not found")
+        return volumes.serve_file(source, parts, hidden=NGFF_METADATA)
 
     def _index(self, environ: dict[str, Any]) -> Response:
         assert self.sources is not None

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PrecomputedTifError, StoreError
-from ..locations import HTTP_SCHEMES, is_remote, url_scheme
+from ..locations import HTTP_SCHEMES, is_remote, open_writable, url_scheme
 from ..stores import detect_format
 from ..stores.base import read_info
+from ..stores.ngff import is_ngff
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("tiff", "zarr", "blockfs", "raw")
+FORMATS = ("tiff", "zarr", "blockfs", "ngff", "raw")
 
 
 class ConfigError(PrecomputedTifError, ValueError):
@@ -50,11 +51,13 @@ def resolve_source(name: str, directory: str, format_name: str | None) -> Source
     if is_remote(directory):
         if url_scheme(directory) in HTTP_SCHEMES:
             raise ConfigError(f"source {name!r}: {directory!r} is a web server, not storage")
+        detected = format_name or detect_served_format(directory)
         try:
-            read_info(directory)
+            if detected != "ngff":
+                read_info(directory)
         except StoreError as exc:
             raise ConfigError(f"source {name!r}: {exc}") from exc
-        return Source(name, directory.rstrip("/"), format_name or detect_served_format(directory))
+        return Source(name, directory.rstrip("/"), detected)
     real = os.path.realpath(directory)
     if not os.path.isdir(real):
         raise ConfigError(f"source {name!r}: directory {directory!r} does not exist")
@@ -65,14 +68,16 @@ def resolve_source(name: str, directory: str, format_name: str | None) -> Source
         hint = '"format": "raw" in sources.json' if name else "--format raw"
         raise ConfigError(
             f"{f'source {name!r}: ' if name else ''}{real} holds no volume (no readable info "
-            f"file); to serve its files as they are, say so with {hint}"
+            f"file, no OME-Zarr image); to serve its files as they are, say so with {hint}"
         )
     return Source(name, real, format_name or detect_served_format(real))
 
 
 def holds_volume(directory: str) -> bool:
     """Whether `directory` has the info file of a Neuroglancer source (image, annotations,
-    meshes, skeletons)."""
+    meshes, skeletons), or is an OME-Zarr image."""
+    if is_ngff(open_writable(directory)):
+        return True
     try:
         info = read_info(directory)
     except StoreError:
@@ -86,8 +91,11 @@ def holds_volume(directory: str) -> bool:
 
 
 def detect_served_format(directory: str) -> str:
-    """tiff, zarr or blockfs when the first level says so; anything else is served as files."""
+    """ngff for an OME-Zarr image; tiff, zarr or blockfs when the first level says so; anything
+    else is served as files."""
     try:
+        if is_ngff(open_writable(directory)):
+            return "ngff"
         info = read_info(directory)
         scales = info.get("scales") or []
         if not scales or "sharding" in scales[0]:

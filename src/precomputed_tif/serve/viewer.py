@@ -76,7 +76,7 @@ Layer = tuple[str, str, dict[str, Any], "tuple[float, float] | None"]
 
 
 def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> dict[str, Any]:
-    """A viewer state showing each (name, url path, info, display range) layer.
+    """A viewer state showing each (name, url path or full source URL, info, display range) layer.
 
     The view is centred on the first layer and zoomed so its planes fill a panel; an image's
     display range (its dim and bright ends) sets the contrast, which Neuroglancer would
@@ -99,7 +99,8 @@ def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> 
         kind = "segmentation" if info.get("type") == "segmentation" else "image"
         if info.get("@type") == "neuroglancer_annotations_v1":
             kind = "annotation"
-        url = "precomputed://" + base_url.rstrip("/") + path
+        # a path with its own scheme (zarr://...) is taken as it is
+        url = path if "://" in path else "precomputed://" + base_url.rstrip("/") + path
         layer: dict[str, Any] = {"type": kind, "source": url, "name": name}
         if kind == "annotation":
             layer["annotationColor"] = "#ff00ff"  # stands out from grey images and yellow boxes
@@ -112,20 +113,14 @@ def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> 
 
 def display_range(directory: str) -> tuple[float, float] | None:
     """The 0.5 and 99.5 percentiles of a volume's coarsest level, or None if unreadable."""
-    import numpy as np
-
     from ..errors import PrecomputedTifError as _Error
     from ..read import open_volume
+    from ..stores.base import display_window
 
     try:
-        volume = open_volume(directory)
-        data = volume[len(volume)][:, :, :]
+        return display_window(open_volume(directory).store)
     except (_Error, OSError, ValueError):
         return None
-    if data.size == 0:
-        return None
-    low, high = np.percentile(data, [0.5, 99.5])
-    return (float(low), float(high) if high > low else float(low) + 1)
 
 
 def viewer_link(base_url: str, state: dict[str, Any]) -> str:

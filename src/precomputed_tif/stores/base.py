@@ -24,6 +24,7 @@ from ..errors import StoreError
 from ..geometry import Box, chunks_in
 from ..locations import (
     LocalLocation,
+    Location,
     WritableLocation,
     is_remote,
     open_location,
@@ -36,21 +37,49 @@ STATE_DIR = ".precomputed-tif"
 TMP_DIR = "tmp"
 
 
+def load_json(location: Location, name: str) -> dict[str, Any] | None:
+    """The JSON object stored at `name`, None when missing; StoreError when it is not one."""
+    try:
+        content = location.read(name)
+    except StoreError:
+        raise
+    except OSError as exc:
+        raise StoreError(f"cannot read {location.url}/{name}: {exc}") from exc
+    if content is None:
+        return None
+    try:
+        obj = json.loads(content)
+    except ValueError as exc:
+        raise StoreError(f"{location.url}/{name} is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise StoreError(f"{location.url}/{name} is not a JSON object")
+    return obj
+
+
 def read_info(path: str) -> dict[str, Any]:
     """The info JSON of the volume at a folder or URL."""
-    try:
-        content = open_location(path).read(INFO_NAME)
-    except OSError as exc:
-        raise StoreError(f"cannot read {path}/{INFO_NAME}: {exc}") from exc
-    if content is None:
+    info = load_json(open_location(path), INFO_NAME)
+    if info is None:
         raise StoreError(f"{path!r} has no info file: not a precomputed volume")
-    try:
-        info = json.loads(content)
-    except ValueError as exc:
-        raise StoreError(f"{path}/{INFO_NAME} is not JSON: {exc}") from exc
-    if not isinstance(info, dict):
-        raise StoreError(f"{path}/{INFO_NAME} is not a JSON object")
     return info
+
+
+WINDOW_SAMPLE = 128  # voxels per axis of the coarsest level a display window looks at
+
+
+def display_window(store: ChunkStore) -> tuple[float, float] | None:
+    """The 0.5 and 99.5 percentiles of the coarsest level (a central block of it when large):
+    a display range that shows a 12-bit camera image in uint16, or None when there is no data.
+    """
+    level = store.pyramid.n_levels
+    size = store.pyramid.scale(level).size
+    start = tuple(max(0, (s - WINDOW_SAMPLE) // 2) for s in size)
+    stop = tuple(min(s, a + WINDOW_SAMPLE) for a, s in zip(start, size))
+    data = store.read_region(level, Box(start, stop))  # type: ignore[arg-type]
+    if data.size == 0:
+        return None
+    low, high = (float(v) for v in np.percentile(data, [0.5, 99.5]))
+    return (low, high if high > low else low + 1)
 
 
 class TaskWriter:
