@@ -100,9 +100,7 @@ def decode_chunk(
             image = imagecodecs.imread(blob)
             return np.asarray(image, dtype).reshape(nz, ny, nx)
         if codec is not None:
-            xyz = codec.decompress(
-                blob, (nx, ny, nz), dtype, block_size=block_size, order="F"
-            )
+            xyz = codec.decompress(blob, (nx, ny, nz), dtype, block_size=block_size, order="F")
             return np.ascontiguousarray(np.asarray(xyz).reshape(nx, ny, nz).T)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise StoreError(f"a {encoding} chunk does not decode to {shape_zyx}: {exc}") from exc
