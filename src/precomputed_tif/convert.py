@@ -239,6 +239,7 @@ class _DoneLog:
         self.name = _state_name(f"done-{stage.first}")
         self.file = None
         if isinstance(root, LocalLocation):
+            os.makedirs(os.path.join(root.path, STATE_DIR), exist_ok=True)
             self.file = open(os.path.join(root.path, *self.name.split("/")), "a", encoding="ascii")
 
     def read(self) -> set[int]:
@@ -280,7 +281,26 @@ def _run_in_order(executor: Executor, tasks: list[Task], window: int) -> Iterato
             future.cancel()
 
 
-def convert(
+@dataclass
+class StageRun:
+    """One stage of a conversion as it runs: iterate `results` (to the end) to do its work.
+
+    `tasks` in all, those in `done` finished by an earlier, interrupted run; `results` yields a
+    `TaskResult` as each remaining task finishes, and finishes the levels when exhausted.
+    """
+
+    stage: Stage
+    tasks: list[Task]
+    done: set[int]
+    results: Iterator[TaskResult]
+
+    @property
+    def n_todo(self) -> int:
+        """Tasks `results` will yield."""
+        return len(self.tasks) - len(self.done)
+
+
+def iter_convert(
     source: PlaneSource,
     store: ChunkStore,
     *,
@@ -288,9 +308,10 @@ def convert(
     budget: Budget,
     resume: bool = False,
     overwrite: bool = False,
-    progress: Progress | None = None,
-) -> None:
-    """Convert `source` into `store` (whose pyramid says what to make), running on `executor`."""
+) -> Iterator[StageRun]:
+    """`convert` one stage at a time, for callers that drive progress by iterating (a
+    ``tqdm.tqdm`` over each stage's results). Each stage's `results` must be exhausted before
+    the next stage is asked for; the ``info`` is written once the last stage is."""
     pyramid: Pyramid = store.pyramid
     wanted = {
         "version": STATE_VERSION,
@@ -313,12 +334,81 @@ def convert(
         log.info("%s", line)
     for stage in stages:
         started = time.perf_counter()
-        _run_stage(source, store, stage, executor, budget.n_workers, progress)
+        yield _start_stage(source, store, stage, executor, budget.n_workers)
         elapsed = time.perf_counter() - started
         log.debug("levels %d-%d done in %.1f s", stage.first, stage.last, elapsed)
     store.write_info()
     run["complete"] = True
     store.files.write(_state_name(RUN_FILE), json.dumps(run, indent=1).encode())
+
+
+def convert(
+    source: PlaneSource,
+    store: ChunkStore,
+    *,
+    executor: Executor,
+    budget: Budget,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> None:
+    """Convert `source` into `store` (whose pyramid says what to make), running on `executor`."""
+    for stage_run in iter_convert(
+        source, store, executor=executor, budget=budget, resume=resume, overwrite=overwrite
+    ):
+        _consume(stage_run, store.pyramid, progress)
+
+
+def make_levels(
+    source: PlaneSource | None,
+    store: ChunkStore,
+    levels: range,
+    *,
+    executor: Executor,
+    budget: Budget,
+) -> Iterator[StageRun]:
+    """Make `levels` of `store` now, one stage at a time (iterate each stage's `results`).
+
+    Level 1 comes from `source`; a coarser first level from the level before it, read back from
+    the store, whoever wrote it. No run record is kept and work left by an interrupted call is
+    discarded first: this is the original's ``write_level_1`` / ``write_level_n``, for
+    volumes whose ``info`` was written up front.
+    """
+    read_overhead = source.read_overhead_bytes if source is not None and levels.start == 1 else 0
+    stages = plan_stages(
+        store.pyramid,
+        task_budget_bytes=budget.task_bytes,
+        n_workers=budget.n_workers,
+        read_overhead=read_overhead,
+        levels=levels,
+    )
+    for stage in stages:
+        done_log = _state_name(f"done-{stage.first}")
+        store.files.remove(done_log)
+        for level in stage.levels:
+            store.discard_level_work(level)
+        yield _start_stage(source, store, stage, executor, budget.n_workers)
+        store.files.remove(done_log)  # nothing to resume: the next call starts afresh anyway
+    store.remove_empty_state()
+
+
+def _consume(stage_run: StageRun, pyramid: Pyramid, progress: Progress | None) -> None:
+    """Run a stage to its end, reporting voxels per level to `progress`."""
+    stage, tasks, done = stage_run.stage, stage_run.tasks, stage_run.done
+    if progress is not None:
+        for level in stage.levels:
+            sx, sy, sz = pyramid.scale(level).size
+            already = sum(
+                t.box.scaled_down(2 ** (level - stage.first), pyramid.scale(level).size).voxels
+                for t in tasks
+                if t.index in done
+            )
+            progress(level, already, sx * sy * sz)
+    for result in stage_run.results:
+        if progress is not None:
+            for level, voxels in result.voxels_per_level.items():
+                sx, sy, sz = pyramid.scale(level).size
+                progress(level, voxels, sx * sy * sz)
 
 
 CROWDED_FOLDER = 100_000
@@ -345,18 +435,30 @@ def _warn_about_crowded_folders(store: ChunkStore) -> None:
             )
 
 
-def _run_stage(
-    source: PlaneSource,
+def _start_stage(
+    source: PlaneSource | None,
     store: ChunkStore,
     stage: Stage,
     executor: Executor,
     n_workers: int,
-    progress: Progress | None,
-) -> None:
+) -> StageRun:
     pyramid = store.pyramid
     tasks = stage_tasks(pyramid, stage, store, source)
     done_log = _DoneLog(store.files, stage)
     done = done_log.read()
+    results = _stage_results(store, stage, tasks, done, done_log, executor, n_workers)
+    return StageRun(stage, tasks, done, results)
+
+
+def _stage_results(
+    store: ChunkStore,
+    stage: Stage,
+    tasks: list[Task],
+    done: set[int],
+    done_log: _DoneLog,
+    executor: Executor,
+    n_workers: int,
+) -> Iterator[TaskResult]:
     for level in stage.levels:
         store.prepare_level(level)
     finished: dict[int, TaskResult | None] = {i: None for i in done}
@@ -369,26 +471,14 @@ def _run_stage(
                 store.commit_task(level, next_commit)
             next_commit += 1
 
-    if progress is not None:
-        totals = {level: pyramid.scale(level).size for level in stage.levels}
-        for level, (sx, sy, sz) in totals.items():
-            already = sum(
-                t.box.scaled_down(2 ** (level - stage.first), pyramid.scale(level).size).voxels
-                for t in tasks
-                if t.index in done
-            )
-            progress(level, already, sx * sy * sz)
     commit_ready()
     try:
         todo = [t for t in tasks if t.index not in done]
         for result in _run_in_order(executor, todo, window=2 * n_workers + 1):
             done_log.add(result.index)
             finished[result.index] = result
-            if progress is not None:
-                for level, voxels in result.voxels_per_level.items():
-                    sx, sy, sz = pyramid.scale(level).size
-                    progress(level, voxels, sx * sy * sz)
             commit_ready()
+            yield result
     finally:
         done_log.close()
     for level in stage.levels:

@@ -84,6 +84,8 @@ class Pyramid:
     data_type: str
     scales: tuple[Scale, ...]
     volume_type: str = "image"
+    # the converter writes one channel; volumes other tools wrote may hold more
+    num_channels: int = 1
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -105,7 +107,7 @@ class Pyramid:
         return {
             "@type": "neuroglancer_multiscale_volume",
             "data_type": self.data_type,
-            "num_channels": 1,
+            "num_channels": self.num_channels,
             "scales": [s.to_json() for s in self.scales],
             "type": self.volume_type,
         }
@@ -119,11 +121,14 @@ class Pyramid:
             scales = tuple(Scale.from_json(s) for s in info["scales"])
             data_type = str(info["data_type"]).lower()
             volume_type = str(info.get("type", "image"))
+            num_channels = int(info.get("num_channels", 1))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise StoreError(f"info file is not a Neuroglancer volume info: {exc!r}") from exc
         if not scales:
             raise StoreError("info file lists no scales")
-        return cls(data_type=data_type, scales=scales, volume_type=volume_type)
+        if num_channels < 1:
+            raise StoreError(f"info file has num_channels {num_channels}; expected 1 or more")
+        return cls(data_type, scales, volume_type, num_channels)
 
     def with_levels(self, n_levels: int) -> Pyramid:
         return replace(self, scales=self.scales[:n_levels])

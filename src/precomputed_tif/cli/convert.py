@@ -443,7 +443,9 @@ def _memory_text(argv: list[str] | None) -> str:
     return ""
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
+    """The command line; `in_process` (`precomputed_tif.main.main`) lets errors and Ctrl-C
+    reach the caller as exceptions, and shows progress by iterating ``tqdm.tqdm``."""
     args = _parse(argv)
     setup_logging(args.log)
     command = sys.argv[1:] if argv is None else list(argv)
@@ -451,9 +453,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         from .. import convert, create_store, open_source, plan_pyramid
+        from ..convert import iter_convert
         from ..errors import AlreadyConvertedError, PlanError
         from ..executors import process_pool
         from ..locations import is_remote
+        from ._tqdm_loop import drive_with_tqdm
 
         dask = None
         if args.dask_scheduler or args.dask_workers:
@@ -530,6 +534,24 @@ def main(argv: list[str] | None = None) -> int:
             if dask is not None:
                 dask.__exit__(None, None, None)
             return 0
+        if in_process:
+            pool = dask if dask is not None else process_pool(budget.n_workers)
+            with pool as executor:
+                stage_runs = iter_convert(
+                    source,
+                    store,
+                    executor=executor,
+                    budget=budget,
+                    resume=args.resume,
+                    overwrite=args.overwrite,
+                )
+                # the caller's own logging set-up (if any) does not hide the bars; --log does
+                show = logging.getLevelName(args.log) <= logging.INFO
+                try:
+                    drive_with_tqdm(stage_runs, show=show)
+                except AlreadyConvertedError as exc:
+                    log.info("%s", exc)  # finding the work done is success, as on the CLI
+            return 0
         bars = _Bars(sys.stderr.isatty() and not quiet, pyramid)
         started = time.perf_counter()
         previous_handler = _interrupt_once()
@@ -567,11 +589,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if not interrupted:
                 signal.signal(signal.SIGINT, previous_handler)
+        if args.gzip:
+            from ..stores.precomputed import gzip_note
+
+            log.info("--gzip: %s", gzip_note(dest))
         if not quiet:
             print("\n".join(_summary(args, dest, pyramid, source, time.perf_counter() - started)))
         return 0
 
-    return run_command(work, "precomputed-tif")
+    return work() if in_process else run_command(work, "precomputed-tif")
 
 
 if __name__ == "__main__":

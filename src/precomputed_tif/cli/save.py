@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         from ..errors import PrecomputedTifError
 
         reader = ArrayReader(args.url, format=args.format, level=args.level)
+        if len(reader.shape) != 3:
+            raise PrecomputedTifError(
+                f"{args.url} has {reader.shape[3]} channels; precomputed-save saves "
+                "single-channel volumes"
+            )
         nz, ny, nx = reader.shape
         if args.subvolume:
             try:

@@ -10,6 +10,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..serve.server import DEFAULT_CONNECTION_LIMIT, DEFAULT_TIMEOUT
 from ._common import Parser, add_log_argument, parse_size, run_command, setup_logging
 
 if TYPE_CHECKING:
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "/NAME/, NAME being its folder name; may be repeated",
     )
     parser.add_argument(
-        "--cors-origin", default="*", help="Access-Control-Allow-Origin value (default *)"
+        "--cors-origin",
+        default=None,
+        help="Access-Control-Allow-Origin value (default *, or the sources.json options')",
     )
     parser.add_argument(
         "--threads",
@@ -60,13 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-size",
         type=parse_size,
-        default=parse_size("1G"),
+        default=None,
         help="memory for decoded chunks, shared by all requests (default 1G)",
     )
     parser.add_argument(
         "--gzip",
         action="store_true",
+        default=None,
         help="gzip chunk answers for clients that accept it (costs CPU; helps slow networks)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds before an idle connection, or one sending its request too slowly, is "
+        f"closed (default {DEFAULT_TIMEOUT})",
+    )
+    parser.add_argument(
+        "--connection-limit",
+        type=int,
+        default=DEFAULT_CONNECTION_LIMIT,
+        help=f"connections open at once (default {DEFAULT_CONNECTION_LIMIT}); more wait",
     )
     parser.add_argument(
         "--viewer",
@@ -84,22 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
     def work() -> int:
-        from ..serve.app import PrecomputedApp
-        from ..serve.config import SourceTable, resolve_source
+        from ..serve.app import DEFAULT_CACHE_BYTES, PrecomputedApp
+        from ..serve.config import Options, SourceTable, resolve_source
 
         viewer = None
         if args.viewer:
             from ..serve.viewer import client_folder
 
             viewer = client_folder()
+        options = Options()
+        if args.config:
+            table = SourceTable(args.config)
+            options = table.options
         common = {
-            "cors_origin": args.cors_origin,
-            "gzip_chunks": args.gzip,
-            "cache_bytes": args.cache_size,
+            "cors_origin": _first(args.cors_origin, options.cors_origin, "*"),
+            "gzip_chunks": _first(args.gzip, options.gzip_chunks, False),
+            "cache_bytes": _first(args.cache_size, options.cache_bytes, DEFAULT_CACHE_BYTES),
             "viewer": viewer,
         }
         if args.config:
-            table = SourceTable(args.config)
             app = PrecomputedApp(sources=table.current, **common)
             served = [(s.name, "/" + s.name, s.directory) for s in table.current().values()]
         else:
@@ -127,13 +147,24 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(work, "precomputed-webserver")
 
 
+def _first(*values: object) -> Any:
+    return next(v for v in values if v is not None)
+
+
 def _bind(app: Any, args: argparse.Namespace) -> Server:
     """The bound server, or the reason it cannot bind in a user's words."""
     from ..errors import PrecomputedTifError
     from ..serve.server import Server
 
     try:
-        return Server(app, args.bind, args.port, args.threads)
+        return Server(
+            app,
+            args.bind,
+            args.port,
+            args.threads,
+            timeout=args.timeout,
+            connection_limit=args.connection_limit,
+        )
     except OSError as exc:
         where = f"port {args.port} on {args.bind}"
         if exc.errno == errno.EADDRINUSE:

@@ -18,7 +18,13 @@ from typing import Any
 from ..cache import ByteCache
 from ..errors import StoreError
 from ..geometry import Box
-from ..locations import REMOTE_RECHECK_SECONDS, file_stamp, is_remote, open_writable
+from ..locations import (
+    REMOTE_RECHECK_SECONDS,
+    file_stamp,
+    gzip_content,
+    is_remote,
+    open_writable,
+)
 from ..pyramid import Pyramid
 from ..stores import ChunkStore, create_store
 from ..stores.base import INFO_NAME, read_info
@@ -140,7 +146,9 @@ def serve_chunk(
         if len(body) != local.voxels * pyramid.dtype.itemsize:
             raise StoreError(f"chunk {name} of {source.directory!r} has the wrong size")
         cache.put(cache_key, body)
-    return Response(200, body, {"Content-Type": OCTETS, "ETag": etag_for(stamp)})
+    # a local store's stamp opens with the file's mtime in ns; other stamps are opaque
+    mtime = stamp[0] / 1e9 if len(stamp) > 1 and not is_remote(source.directory) else None
+    return Response(200, body, {"Content-Type": OCTETS, "ETag": etag_for(stamp)}, mtime)
 
 
 def serve_file(source: Source, parts: list[str]) -> Response:
@@ -178,9 +186,27 @@ def _remote_file(source: Source, parts: list[str], content_type: str | None = No
     if content_type is None:
         content_type = OCTETS if encoding else CONTENT_TYPES.get(os.path.splitext(name)[1], OCTETS)
     headers = {"Content-Type": content_type, "ETag": etag_for(*stamp)}
+    body: bytes | FileRegion = FileRegion(name, 0, stamp[1], location)
+    if encoding is None and _is_chunk_name(parts[-1]):
+        # --gzip chunks in a bucket are gzip bytes under the plain name (Content-Encoding
+        # metadata, which fsspec does not report): recognised by their content
+        content = location.read(name)
+        if content is None:
+            raise HttpError(404, "not found")
+        body = content
+        if gzip_content(content) is not None:
+            encoding = "gzip"
     if encoding:
         headers["Content-Encoding"] = encoding
-    return Response(200, FileRegion(name, 0, stamp[1], location), headers)
+    return Response(200, body, headers)
+
+
+def _is_chunk_name(name: str) -> bool:
+    try:
+        Box.from_chunk_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _inside(source: Source, path: str) -> str:
@@ -209,4 +235,5 @@ def _static_file(path: str, content_type: str | None = None) -> Response:
             "ETag": etag_for(stat.st_mtime_ns, stat.st_size, stat.st_ino),
             "Last-Modified": http_date(stat.st_mtime),
         },
+        stat.st_mtime,
     )

@@ -10,7 +10,14 @@ import itertools
 import os
 
 from ..errors import StoreError
-from ..locations import HTTP_SCHEMES, is_remote, open_location, open_writable, url_scheme
+from ..locations import (
+    HTTP_SCHEMES,
+    can_write_gzip,
+    is_remote,
+    open_location,
+    open_writable,
+    url_scheme,
+)
 from ..pyramid import Pyramid
 from .base import ChunkStore, read_info
 from .blockfs import DIRECTORY_NAME, BlockfsStore
@@ -42,6 +49,11 @@ def create_store(
             f"precomputed can write to {url_scheme(path)}:// URLs"
         )
     if cls is PrecomputedStore:
+        if gzip_files and not can_write_gzip(path):
+            raise StoreError(
+                f"--gzip cannot write to {url_scheme(path)}:// URLs: only folders, s3:// and "
+                "gs:// keep the Content-Encoding: gzip that readers need; drop --gzip"
+            )
         return PrecomputedStore(path, pyramid, gzip_files)
     if gzip_files:
         raise StoreError("--gzip applies to --format precomputed only")

@@ -9,6 +9,7 @@ bytes on disk never depend on which task finished first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..encodings import encode_chunk
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
 from ..locations import WritableLocation, is_remote, open_location, open_writable
@@ -95,9 +97,24 @@ class ChunkStore(ABC):
     def finish_level(self, level: int) -> None:
         """Called once every task of the level is committed."""
 
+    def discard_level_work(self, level: int) -> None:
+        """Forget unfinished work on `level` (part files, commit logs) before making it anew.
+
+        Layouts that write every chunk in place have nothing to forget.
+        """
+
     @abstractmethod
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
         """Store one whole chunk (edge chunks clipped) of `level`; `data` is (z, y, x)."""
+
+    def remove_empty_state(self) -> None:
+        """Remove the folders of run state that nothing is left in (local volumes only)."""
+        if is_remote(self.path):
+            return
+        root = os.path.join(self.path, STATE_DIR)
+        for folder, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # fails, as it should, on folders that still hold files
 
     def write_info(self) -> None:
         self.files.write(INFO_NAME, self.pyramid.info_bytes())
@@ -115,7 +132,7 @@ class ChunkStore(ABC):
         data = self.read_chunk(level, box)
         if data is None:
             return None
-        return np.ascontiguousarray(data, data.dtype.newbyteorder("<")).tobytes()
+        return encode_chunk(data, "raw")
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
         """What changes when the chunk's bytes change (file times, sizes), or None if missing.
@@ -130,9 +147,11 @@ class ChunkStore(ABC):
         return [self.read_chunk(level, box) for box in boxes]
 
     def read_region(self, level: int, box: Box) -> np.ndarray:
-        """Any box of `level` as a (z, y, x) array; unwritten chunks and outside read as zero."""
+        """Any box of `level` as a (z, y, x) array, (z, y, x, c) for several channels; unwritten
+        chunks and outside read as zero."""
         scale = self.pyramid.scale(level)
-        out = np.zeros(box.numpy_shape, self.pyramid.dtype)
+        channels = self.pyramid.num_channels
+        out = np.zeros(box.numpy_shape + ((channels,) if channels > 1 else ()), self.pyramid.dtype)
         chunks = [chunk for _, chunk in chunks_in(box, scale.chunk_size, scale.size)]
         for chunk, data in zip(chunks, self.read_chunks(level, chunks)):
             if data is None:

@@ -140,6 +140,16 @@ class BlockDirectory:
         return raw
 
 
+def encode_block(data: np.ndarray) -> bytes:
+    """The Blosc frame we store for one block: its little-endian voxels, C order."""
+    import numcodecs
+
+    codec = numcodecs.Blosc(
+        cname=COMPRESSION, clevel=COMPRESSION_LEVEL, shuffle=numcodecs.Blosc.BITSHUFFLE
+    )
+    return bytes(codec.encode(np.ascontiguousarray(data, data.dtype.newbyteorder("<"))))
+
+
 def encode_directory_header(metadata: dict[str, Any]) -> bytes:
     text = json.dumps(metadata).encode()
     return MAGIC + struct.pack("<II", len(text), 16 + len(text)) + text
@@ -218,12 +228,7 @@ class _PartWriter(TaskWriter):
         self.entries: list[tuple[int, int, int]] = []
 
     def write_chunk(self, box: Box, data: np.ndarray) -> None:
-        import numcodecs
-
-        codec = numcodecs.Blosc(
-            cname=COMPRESSION, clevel=COMPRESSION_LEVEL, shuffle=numcodecs.Blosc.BITSHUFFLE
-        )
-        frame = codec.encode(np.ascontiguousarray(data, data.dtype.newbyteorder("<")))
+        frame = encode_block(data)
         block = self.store_.block_index(self.level, box)
         self.entries.append((block, self.file.tell(), len(frame)))
         self.file.write(frame)
@@ -246,11 +251,11 @@ class BlockfsStore(ChunkStore):
     def block_file_path(self, level: int) -> str:
         return os.path.abspath(self.directory_path(level)) + ".0"
 
-    def _state_path(self, level: int) -> str:
+    def state_path(self, level: int) -> str:
         return os.path.join(self.path, STATE_DIR, "blockfs", self.pyramid.scale(level).key)
 
     def part_paths(self, level: int, task_index: int) -> tuple[str, str]:
-        base = os.path.join(self._state_path(level), f"part-{task_index:08d}")
+        base = os.path.join(self.state_path(level), f"part-{task_index:08d}")
         return base + ".blocks", base + ".index"
 
     def block_index(self, level: int, box: Box) -> int:
@@ -288,7 +293,7 @@ class BlockfsStore(ChunkStore):
     # --- writing -----------------------------------------------------------------------
     def prepare_level(self, level: int) -> None:
         super().prepare_level(level)
-        os.makedirs(self._state_path(level), exist_ok=True)
+        os.makedirs(self.state_path(level), exist_ok=True)
 
     def task_writer(self, level: int, task_index: int) -> TaskWriter:
         return _PartWriter(self, level, task_index)
@@ -297,7 +302,7 @@ class BlockfsStore(ChunkStore):
         raise StoreError("blockfs chunks are written through a task writer")
 
     def _commit_log(self, level: int) -> dict[str, Any]:
-        path = os.path.join(self._state_path(level), "commits.json")
+        path = os.path.join(self.state_path(level), "commits.json")
         try:
             with open(path, "rb") as f:
                 return json.loads(f.read())
@@ -323,13 +328,22 @@ class BlockfsStore(ChunkStore):
         log["bases"].append(log["length"])
         log["length"] = length
         write_atomically(
-            os.path.join(self._state_path(level), "commits.json"), json.dumps(log).encode()
+            os.path.join(self.state_path(level), "commits.json"), json.dumps(log).encode()
         )
         os.unlink(data_path)
 
+    def discard_level_work(self, level: int) -> None:
+        # the directory goes first: a level being remade must not look finished meanwhile
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory_path(level))
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.level_path(level)):
+                if name.startswith(DIRECTORY_NAME + "."):  # block files, ours or the original's
+                    os.unlink(os.path.join(self.level_path(level), name))
+        shutil.rmtree(self.state_path(level), ignore_errors=True)
+
     def finish_level(self, level: int) -> None:
         scale = self.pyramid.scale(level)
-        metadata = self.metadata(level)
         offsets = np.zeros(scale.n_chunks, np.uint64)
         sizes = np.zeros(scale.n_chunks, np.uint64)
         log = self._commit_log(level)
@@ -339,9 +353,15 @@ class BlockfsStore(ChunkStore):
                 index = np.frombuffer(f.read(), "<i8").reshape(-1, 3)
             offsets[index[:, 0]] = index[:, 1].astype(np.uint64) + np.uint64(base)
             sizes[index[:, 0]] = index[:, 2].astype(np.uint64)
+        self.write_directory(level, offsets, sizes)
+        shutil.rmtree(self.state_path(level), ignore_errors=True)
+
+    def write_directory(self, level: int, offsets: np.ndarray, sizes: np.ndarray) -> None:
+        """Write the level's directory file: block i is `sizes[i]` bytes at `offsets[i]` of the
+        level's block file (size 0: never written). Written whole, so it appears complete."""
+        metadata = self.metadata(level)
         content = encode_directory_header(metadata) + encode_entries(offsets, sizes, metadata)
         write_atomically(self.directory_path(level), content)
-        shutil.rmtree(self._state_path(level), ignore_errors=True)
 
     # --- reading -----------------------------------------------------------------------
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
