@@ -401,13 +401,17 @@ def _summary(
             sx, sy, sz = pyramid.scale(level).size
             lines.append(
                 f"  {_level_name(pyramid, level):<22} {sx}x{sy}x{sz:<8} "
-                f"{format_size(n_bytes):>10} in {n_files} files"
+                f"{format_size(n_bytes):>10} in {_files(n_files)}"
             )
         lines.append(
-            f"  {'all levels':<22} {'':<14}{format_size(total_bytes):>10} in {total_files} files"
+            f"  {'all levels':<22} {'':<14}{format_size(total_bytes):>10} in {_files(total_files)}"
         )
     lines.append(f"serve and view it: {_serve_command(dest)}")
     return lines
+
+
+def _files(n: int) -> str:
+    return "1 file" if n == 1 else f"{n} files"
 
 
 def _serve_command(dest: str) -> str:
