@@ -43,7 +43,9 @@ def encode_chunk(
 ) -> bytes:
     """The stored bytes of a (z, y, x) chunk."""
     if encoding == "raw":
-        return np.ascontiguousarray(data, data.dtype.newbyteorder("<")).tobytes()
+        little = data.dtype.newbyteorder("<")
+        # tobytes gathers a strided view in one copy; ascontiguousarray first would make two
+        return data.tobytes() if data.dtype == little else data.astype(little).tobytes()
     nz, ny, nx = data.shape
     if encoding == "jpeg":
         import imagecodecs

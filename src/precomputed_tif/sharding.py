@@ -17,9 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from .deflate import gzip_compress
 from .locations import LocalLocation, WritableLocation
 
 _M32 = np.uint32(0xFFFFFFFF)
+# a shard's data encoding: gzip (smaller files) or raw (as TensorStore writes by default: no
+# codec time on writing or reading, the chunks' bytes as they are)
+SHARD_DATA_ENCODINGS = ("gzip", "raw")
 
 
 def _rotl32(x: np.ndarray, r: int) -> np.ndarray:
@@ -211,28 +215,35 @@ def write_sharded(
         if len(group) == 0:
             continue
         if rows is not None:
-            data = np.ascontiguousarray(rows[group]).tobytes()
+            parts = [np.ascontiguousarray(rows[group]).tobytes()]
         else:
-            data = b"".join(items[int(i)] for i in group)
-        content = _shard_bytes(spec, keys[group], minishard[group], sizes[group], data)
+            parts = [items[int(i)] for i in group]
+        content = _shard_bytes(spec, keys[group], minishard[group], sizes[group], parts)
         folder.write(spec.shard_name(int(shard[group[0]])), content)
         files += 1
     return files
 
 
 def encode_blob(blob: bytes) -> bytes:
-    """A blob in gzip data encoding (level 1: the data is written once, read many times)."""
-    return gzip.compress(blob, compresslevel=1, mtime=0)
+    """A blob in gzip data encoding (the fastest standard encoder: see `deflate`)."""
+    return gzip_compress(blob)
 
 
 def _shard_bytes(
-    spec: ShardingSpec, keys: np.ndarray, minishards: np.ndarray, sizes: np.ndarray, data: bytes
+    spec: ShardingSpec,
+    keys: np.ndarray,
+    minishards: np.ndarray,
+    sizes: np.ndarray,
+    parts: list[bytes],
 ) -> bytes:
-    """One shard file: index, the blobs (already in minishard then key order), minishard tables."""
+    """One shard file: index, the blobs `parts` (in minishard then key order), minishard tables.
+
+    Joined once: a shard is tens of MiB, and every extra concatenation is a copy of it.
+    """
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
     index = np.zeros((1 << spec.minishard_bits, 2), "<u8")
     tables = []
-    position = len(data)
+    position = int(sizes.sum())
     boundaries = np.flatnonzero(np.diff(minishards)) + 1
     for part in np.split(np.arange(len(keys)), boundaries):
         if len(part) == 0:
@@ -249,7 +260,7 @@ def _shard_bytes(
         index[int(minishards[part[0]])] = (position, position + len(encoded))
         position += len(encoded)
         tables.append(encoded)
-    return index.tobytes() + data + b"".join(tables)
+    return b"".join([index.tobytes(), *parts, *tables])
 
 
 def morton_bits(grid_shape: Sequence[int]) -> list[int]:
