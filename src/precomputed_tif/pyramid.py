@@ -128,9 +128,19 @@ class Pyramid:
     def with_levels(self, n_levels: int) -> Pyramid:
         return replace(self, scales=self.scales[:n_levels])
 
-    def sharded(self, task_bytes: int) -> Pyramid:
-        """This pyramid with every scale sharded in blocks one task of `task_bytes` can fill."""
-        from .sharding import volume_sharding
+    def sharded(self, task_bytes: int, data_encoding: str = "gzip") -> Pyramid:
+        """This pyramid with every scale sharded in blocks one task of `task_bytes` can fill.
+
+        `data_encoding` is the shards' ``gzip`` or ``raw``; jpeg and png chunks are stored
+        ``raw`` whatever it says (gzip barely shrinks them).
+        """
+        from .sharding import SHARD_DATA_ENCODINGS, volume_sharding
+
+        if data_encoding not in SHARD_DATA_ENCODINGS:
+            raise PlanError(
+                f"unknown shard data encoding {data_encoding!r}; expected "
+                f"{' or '.join(SHARD_DATA_ENCODINGS)}"
+            )
 
         scales = []
         for level, scale in enumerate(self.scales, start=1):
@@ -138,12 +148,11 @@ class Pyramid:
             chunk_bytes = cx * cy * cz * self.dtype.itemsize
             # a task holds its block, and (above level 1) the 8 times larger block it is made from
             read_factor = 2.25 if level == 1 else 9.25
-            data_encoding = "raw" if scale.encoding in ("jpeg", "png") else "gzip"
             spec, _ = volume_sharding(
                 scale.grid_shape,
                 chunk_bytes,
                 max(chunk_bytes, int(task_bytes / read_factor)),
-                data_encoding=data_encoding,
+                data_encoding="raw" if scale.encoding in ("jpeg", "png") else data_encoding,
             )
             scales.append(replace(scale, sharding=tuple(sorted(spec.to_json().items()))))
         return replace(self, scales=tuple(scales))

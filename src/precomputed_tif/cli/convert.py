@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="--format precomputed as neuroglancer_uint64_sharded_v1 shards: few files per level",
     )
     parser.add_argument(
+        "--shard-data-encoding",
+        default="gzip",
+        choices=["gzip", "raw"],
+        help="with --sharded: gzip each raw or compressed_segmentation chunk inside the shards "
+        "(default), or store it raw (larger files, no compression time)",
+    )
+    parser.add_argument(
         "--gzip",
         action="store_true",
         help="gzip raw and compressed_segmentation chunk files (--format precomputed)",
@@ -296,8 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             raise PlanError("--encoding, --gzip and --sharded apply to --format precomputed only")
         if args.sharded and args.gzip:
             raise PlanError("--gzip is for unsharded files: shards compress their chunks already")
+        if args.shard_data_encoding != "gzip" and not args.sharded:
+            raise PlanError("--shard-data-encoding applies to --sharded output only")
         if args.sharded:
-            pyramid = pyramid.sharded(budget.task_bytes)
+            pyramid = pyramid.sharded(budget.task_bytes, args.shard_data_encoding)
         dest = args.dest if is_remote(args.dest) else os.path.abspath(args.dest)
         store = create_store(args.format, dest, pyramid, gzip_files=args.gzip)
         if args.dry_run:
