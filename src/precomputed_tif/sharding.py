@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .deflate import gzip_compress
+from .compression import gzip_compress
 from .locations import LocalLocation, WritableLocation
 
 _M32 = np.uint32(0xFFFFFFFF)
@@ -225,7 +225,7 @@ def write_sharded(
 
 
 def encode_blob(blob: bytes) -> bytes:
-    """A blob in gzip data encoding (the fastest standard encoder: see `deflate`)."""
+    """A blob in gzip data encoding (the fastest standard encoder: see `compression`)."""
     return gzip_compress(blob)
 
 

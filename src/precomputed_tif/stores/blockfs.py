@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..compression import blosc_encode
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
 from ..locations import write_atomically
@@ -37,6 +38,7 @@ DIRECTORY_NAME = "precomputed.blockfs"
 VERSION = "1.0.0"
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 1
+BITSHUFFLE = 2  # Blosc's shuffle flag, as the original writes
 BLOSC_MAX_OVERHEAD = 16
 
 
@@ -218,12 +220,8 @@ class _PartWriter(TaskWriter):
         self.entries: list[tuple[int, int, int]] = []
 
     def write_chunk(self, box: Box, data: np.ndarray) -> None:
-        import numcodecs
-
-        codec = numcodecs.Blosc(
-            cname=COMPRESSION, clevel=COMPRESSION_LEVEL, shuffle=numcodecs.Blosc.BITSHUFFLE
-        )
-        frame = codec.encode(np.ascontiguousarray(data, data.dtype.newbyteorder("<")))
+        little = np.ascontiguousarray(data, data.dtype.newbyteorder("<"))
+        frame = blosc_encode(little, COMPRESSION, COMPRESSION_LEVEL, BITSHUFFLE)
         block = self.store_.block_index(self.level, box)
         self.entries.append((block, self.file.tell(), len(frame)))
         self.file.write(frame)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..cache import ByteCache
-from ..deflate import gzip_compress
+from ..compression import gzip_compress
 from ..encodings import decode_chunk, encode_chunk
 from ..errors import StoreError
 from ..geometry import Box

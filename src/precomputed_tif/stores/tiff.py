@@ -1,8 +1,8 @@
 """``--format tiff``: one deflate-compressed 3D TIFF per chunk, ``R_R_R/x0-x1_y0-y1_z0-z1.tiff``.
 
 Pages run along z, each page is (y, x) in one strip, as the original precomputed-tif writes them.
-Any deflate level reads the same: the strips are encoded by `deflate` (ISA-L when installed, about
-2x zlib's speed at its level 1; see benchmarks/bench_codecs.py) and handed to tifffile encoded.
+Any deflate level reads the same: the strips are encoded by `compression` (ISA-L when installed,
+faster than zlib at its level 1; see benchmarks/bench_codecs.py) and handed to tifffile encoded.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from ..deflate import zlib_compress
+from ..compression import zlib_compress
 from ..errors import StoreError
 from ..geometry import Box
 from ..locations import file_stamp, write_atomically

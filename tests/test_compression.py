@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from conftest import random_stack
-from precomputed_tif import deflate
+from precomputed_tif import compression as deflate
 from precomputed_tif.geometry import Box
 from precomputed_tif.pyramid import plan_pyramid
 from precomputed_tif.stores.tiff import TiffStore
@@ -64,3 +64,29 @@ def test_tiff_chunks_are_standard_deflate_strips(tmp_path, encoder):
             (offset,), (count,) = page.dataoffsets, page.databytecounts
             f.seek(offset)
             assert zlib.decompress(f.read(count)) == data[z].astype("<u2").tobytes()
+
+
+def test_blosc_frames_of_a_large_chunk_are_the_same_bytes_every_time(tmp_path):
+    """A 64^3 chunk spans many Blosc blocks; Blosc's own threads would write them in the order
+    they finish, so a resumed run would not rewrite the same bytes. Written from the main
+    thread, where numcodecs would use those threads."""
+    import numcodecs
+
+    from precomputed_tif.stores.zarr_v2 import COMPRESSOR, ZarrStore
+
+    # empty tissue, then noisy tissue: blocks that take very different times to compress
+    data = np.zeros((64, 64, 64), np.uint16)
+    data[32:] = np.random.default_rng(2).integers(0, 4096, (32, 64, 64))
+    pyramid = plan_pyramid((64, 64, 64), "uint16", voxel_size_nm=(1, 1, 1), levels=1)
+    store = ZarrStore(str(tmp_path), pyramid)
+    store.prepare_level(1)
+    box = Box((0, 0, 0), (64, 64, 64))
+    frames = set()
+    for _ in range(12):
+        store.write_chunk(1, box, data)
+        frames.add((tmp_path / "1_1_1" / "0" / "0" / "0").read_bytes())
+    assert len(frames) == 1
+    frame = frames.pop()
+    assert len(frame) < data.nbytes
+    decoded = numcodecs.get_codec(COMPRESSOR).decode(frame)
+    np.testing.assert_array_equal(np.frombuffer(decoded, "<u2").reshape(64, 64, 64), data)
