@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .compression import gzip_compress
+from .geometry import XYZ
 from .locations import LocalLocation, WritableLocation
 
 _M32 = np.uint32(0xFFFFFFFF)
@@ -294,8 +295,13 @@ def volume_sharding(
     low = 0
     while low < total and chunk_bytes * 2 ** (low + 1) <= max_shard_bytes:
         low += 1
+    return _block_spec(low, total, data_encoding), block_of_low_bits(grid_shape, low)
+
+
+def _block_spec(low: int, total: int, data_encoding: str) -> ShardingSpec:
+    """Identity-hash sharding whose shards are the blocks of the `low` lowest of `total` bits."""
     preshift = min(low, 3)  # up to 8 neighbouring chunks share a minishard table entry run
-    spec = ShardingSpec(
+    return ShardingSpec(
         hash="identity",
         preshift_bits=preshift,
         minishard_bits=low - preshift,
@@ -303,4 +309,60 @@ def volume_sharding(
         minishard_index_encoding="gzip",
         data_encoding=data_encoding,
     )
-    return spec, block_of_low_bits(grid_shape, low)
+
+
+def block_voxels(grid_shape: Sequence[int], chunk_size: Sequence[int], spec: ShardingSpec) -> XYZ:
+    """The voxels (per axis) of one shard's block of chunks, for a spec from `volume_sharding`."""
+    block = block_of_low_bits(grid_shape, spec.preshift_bits + spec.minishard_bits)
+    x, y, z = (b * c for b, c in zip(block, chunk_size))
+    return (x, y, z)
+
+
+def halved_region(
+    region: Sequence[int], size: Sequence[int], next_size: Sequence[int]
+) -> XYZ | None:
+    """A task region of one level as seen at the next (half) level, or None when a task's box
+    there would cut chunks in two (an odd region that does not cover its axis)."""
+    out = []
+    for r, s, n in zip(region, size, next_size):
+        if r >= s:
+            out.append(n)
+        elif r % 2 == 0:
+            out.append(r // 2)
+        else:
+            return None
+    return (out[0], out[1], out[2])
+
+
+def region_is_shard_block(
+    grid_shape: Sequence[int],
+    chunk_size: Sequence[int],
+    size: Sequence[int],
+    region: Sequence[int],
+    spec: ShardingSpec,
+) -> bool:
+    """Whether the tasks of `region` voxels (in a level of `size`) each write one whole shard."""
+    voxels = block_voxels(grid_shape, chunk_size, spec)
+    return all(v == r or (v >= s and r >= s) for v, r, s in zip(voxels, region, size))
+
+
+def nested_sharding(
+    grid_shape: Sequence[int],
+    chunk_size: Sequence[int],
+    size: Sequence[int],
+    region: Sequence[int],
+    *,
+    data_encoding: str,
+) -> ShardingSpec | None:
+    """Sharding whose shards are exactly the `region` blocks (voxels) of this level, or None.
+
+    The task that writes a shard of the finer level holds, downsampled, this region: with these
+    shards it writes this level too, from the same read, instead of a later stage reading the
+    finer level back. Shards get 8 times smaller per level; the count stays that of the finer.
+    """
+    total = len(morton_bits(grid_shape))
+    for low in range(total + 1):
+        spec = _block_spec(low, total, data_encoding)
+        if region_is_shard_block(grid_shape, chunk_size, size, region, spec):
+            return spec
+    return None
