@@ -294,6 +294,50 @@ def test_shard_data_encoding_on_the_command_line(tmp_path):
     assert not (tmp_path / "o2" / "info").exists()
 
 
+def test_sharded_levels_nest_in_one_stage(tmp_path):
+    """A level-1 task also writes the level-2 and level-3 shards of its block: one stage, no
+    reading back, each shard file of those levels the level-1 block downsampled."""
+    ts = pytest.importorskip("tensorstore")
+    from precomputed_tif import Budget, convert, create_store, open_source, plan_pyramid
+    from precomputed_tif.executors import SerialExecutor
+    from precomputed_tif.plan import plan_stages
+    from precomputed_tif.sharding import ShardingSpec, block_voxels
+
+    stack = random_stack((128, 128, 128), "uint16", seed=12)
+    source = open_source(write_planes(tmp_path / "planes", stack))
+    pyramid = plan_pyramid(
+        source.size, "uint16", voxel_size_nm=(1, 1, 1), chunk_size=(16, 16, 16)
+    ).sharded(1_300_000, "raw")  # level-1 shards of 4x4x4 chunks
+    dest, levels = str(tmp_path / "out"), pyramid.n_levels
+    convert(
+        source,
+        create_store("precomputed", dest, pyramid),
+        executor=SerialExecutor(),
+        budget=Budget(1, 1_300_000),
+    )
+    stages = plan_stages(pyramid, task_budget_bytes=1_300_000, n_workers=1)
+    assert stages[0].first == 1 and stages[0].last >= 3
+    blocks = [
+        block_voxels(s.grid_shape, s.chunk_size, ShardingSpec.from_json(s.sharding_json or {}))
+        for s in pyramid.scales[:3]
+    ]
+    assert blocks[1] == tuple(b // 2 for b in blocks[0]) and blocks[2] == tuple(
+        b // 4 for b in blocks[0]
+    )
+    files = [len(os.listdir(os.path.join(dest, s.key))) for s in pyramid.scales[:3]]
+    assert files[0] > 1 and files[0] == files[1] == files[2]
+    for level, want in enumerate(reference_pyramid(stack, levels)):
+        array = ts.open(
+            {
+                "driver": "neuroglancer_precomputed",
+                "kvstore": {"driver": "file", "path": dest},
+                "scale_index": level,
+            }
+        ).result()
+        got = np.asarray(array.read().result())[..., 0].transpose(2, 1, 0)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_sharded_through_our_server_and_over_http(tmp_path):
     stack, dest, levels = _make(tmp_path, "raw", "uint16", False, False, 200_000)
     server = RunningServer("-d", dest, log="WARNING")
