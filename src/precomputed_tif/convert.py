@@ -21,6 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
+from .downsample import default_method
 from .errors import (
     RESUME_HINT,
     AlreadyConvertedError,
@@ -120,6 +121,16 @@ def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     for key in ("data_type", "type"):
         if old_info.get(key) != new_info.get(key):
             return f"its {key} is {old_info.get(key)}, this run makes {new_info.get(key)}"
+    if recorded_method(old) != recorded_method(new):
+        return (
+            f"it is downsampled by --downsample {recorded_method(old)}, this run by "
+            f"--downsample {recorded_method(new)}"
+        )
+    keys = [[sc.get("key") for sc in info.get("scales", [])] for info in (old_info, new_info)]
+    if keys[0] != keys[1] and len(keys[0]) == len(keys[1]):
+        return f"its scales are {', '.join(map(str, keys[0]))}, this run makes " + ", ".join(
+            map(str, keys[1])
+        ) + " (--factors)"
     sharding = [
         [(sc.get("sharding"), sc.get("shard_size")) for sc in info.get("scales", [])]
         for info in (old_info, new_info)
@@ -206,10 +217,12 @@ def prepare_destination(
     dest = root.url
     if root.names():
         run = _read_run(root)
+        if run:
+            run.setdefault("downsample", recorded_method(run))
         same = (
             run is not None
             and run.get("version") == STATE_VERSION
-            and all(run.get(k) == wanted[k] for k in ("format", "source", "info"))
+            and all(run.get(k) == wanted[k] for k in _RUN_KEYS)
         )
         if overwrite:
             _clear_destination(root, dest)
@@ -258,11 +271,23 @@ def prepare_destination(
     return wanted
 
 
+_RUN_KEYS = ("format", "source", "info", "downsample")  # what makes two runs the same
+
+
+def recorded_method(run: dict[str, Any]) -> str:
+    """The downsampling method of a run record (records before --downsample used the default)."""
+    method = run.get("downsample")
+    if isinstance(method, str):
+        return method
+    info = run.get("info")
+    return default_method(isinstance(info, dict) and info.get("type") == "segmentation")
+
+
 def _same_except_source(run: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return (
         run.get("version") == STATE_VERSION
         and run.get("source") != wanted["source"]
-        and all(run.get(k) == wanted[k] for k in ("format", "info"))
+        and all(run.get(k) == wanted[k] for k in _RUN_KEYS if k != "source")
     )
 
 
@@ -386,6 +411,7 @@ def iter_convert(
         "format": store.format_name,
         "source": source_fingerprint(source),
         "info": pyramid.to_info(),
+        "downsample": pyramid.downsample_method,
     }
     stages = plan_stages(
         pyramid,
@@ -529,7 +555,9 @@ def _consume(stage_run: StageRun, pyramid: Pyramid, progress: Progress | None) -
         for level in stage.levels:
             sx, sy, sz = pyramid.scale(level).size
             already = sum(
-                t.box.scaled_down(2 ** (level - stage.first), pyramid.scale(level).size).voxels
+                t.box.scaled_down(
+                    pyramid.factor_between(stage.first, level), pyramid.scale(level).size
+                ).voxels
                 for t in tasks
                 if t.index in done
             )

@@ -65,16 +65,20 @@ class Box:
             slice(self.start[0], self.stop[0]),
         )
 
-    def scaled_down(self, factor: int, bound: XYZ) -> Box:
-        """The box covering this one at a level `factor` times coarser, clipped to `bound`."""
-        start = tuple(a // factor for a in self.start)
-        stop = tuple(min(-(-b // factor), lim) for b, lim in zip(self.stop, bound))
+    def scaled_down(self, factor: int | XYZ, bound: XYZ) -> Box:
+        """The box covering this one at a level `factor` (one, or per axis) times coarser,
+        clipped to `bound`."""
+        f = _per_axis(factor)
+        start = tuple(a // n for a, n in zip(self.start, f))
+        stop = tuple(min(-(-b // n), lim) for b, n, lim in zip(self.stop, f, bound))
         return Box(start, stop)  # type: ignore[arg-type]
 
-    def scaled_up(self, factor: int, bound: XYZ) -> Box:
-        """The box this one covers at a level `factor` times finer, clipped to `bound`."""
-        start = tuple(a * factor for a in self.start)
-        stop = tuple(min(b * factor, lim) for b, lim in zip(self.stop, bound))
+    def scaled_up(self, factor: int | XYZ, bound: XYZ) -> Box:
+        """The box this one covers at a level `factor` (one, or per axis) times finer, clipped
+        to `bound`."""
+        f = _per_axis(factor)
+        start = tuple(a * n for a, n in zip(self.start, f))
+        stop = tuple(min(b * n, lim) for b, n, lim in zip(self.stop, f, bound))
         return Box(start, stop)  # type: ignore[arg-type]
 
     @property
@@ -91,6 +95,10 @@ class Box:
             raise ValueError(f"chunk name {name!r} is not of the form x0-x1_y0-y1_z0-z1")
         x0, x1, y0, y1, z0, z1 = (int(g) for g in match.groups())
         return cls((x0, y0, z0), (x1, y1, z1))
+
+
+def _per_axis(factor: int | XYZ) -> XYZ:
+    return (factor, factor, factor) if isinstance(factor, int) else factor
 
 
 def full_box(size: XYZ) -> Box:

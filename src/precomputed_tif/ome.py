@@ -48,15 +48,21 @@ def _number(value: float) -> float:
     return float(round(value, 9))
 
 
+# methods whose coarse voxel summarises its whole block, so its centre is the block's centre
+_CENTRED = ("mean", "max", "min")
+
+
 def _datasets_json(pyramid: Pyramid) -> list[dict[str, Any]]:
-    """Per level: the voxel size (µm), and the shift of a 2x mean's voxel centres."""
+    """Per level: the voxel size (µm) per axis, and the shift of the voxel centres."""
     first = [r / 1000 for r in reversed(pyramid.scale(1).resolution_nm)]  # z, y, x
     out = []
     for level, scale in enumerate(pyramid.scales):
         size = [r / 1000 for r in reversed(scale.resolution_nm)]
+        # an axis kept (factor 1 so far) has size == first there: no shift
         shift = [(s - f) / 2 for s, f in zip(size, first)]
-        if pyramid.is_segmentation:
-            shift = [0.0, 0.0, 0.0]  # mode picks a voxel of the block: no single centre moves
+        if pyramid.downsample_method not in _CENTRED:
+            # mode and stride pick one voxel of the block: no single centre moves
+            shift = [0.0, 0.0, 0.0]
         out.append(
             {
                 "path": str(level),
@@ -70,14 +76,17 @@ def _datasets_json(pyramid: Pyramid) -> list[dict[str, Any]]:
 
 
 def multiscales_json(pyramid: Pyramid, name: str, version: str) -> dict[str, Any]:
-    method = "mode" if pyramid.is_segmentation else "mean"
+    method = pyramid.downsample_method
+    factors = sorted({pyramid.factor(level) for level in range(2, pyramid.n_levels + 1)})
+    blocks = ", ".join("x".join(map(str, f)) for f in factors) or "2x2x2"
     entry: dict[str, Any] = {
         "name": name,
         "axes": _axes_json(),
         "datasets": _datasets_json(pyramid),
         "type": method,
         "metadata": {
-            "description": f"2x2x2 block {method} of the previous level (precomputed-tif)",
+            "description": f"{blocks} (x, y, z) block {method} of the previous level "
+            "(precomputed-tif)",
             "method": f"precomputed_tif.downsample.downsample_{method}",
         },
     }

@@ -55,7 +55,8 @@ def task_bytes(pyramid: Pyramid, stage_first: int, region: XYZ, read_overhead: i
     voxels = 1
     for r, s in zip(region, size):
         voxels *= min(r, s)
-    read_factor = 1 if stage_first == 1 else 8  # level first-1 is read to make level first
+    # level first-1 is read to make level first: 8 times the voxels for factors 2, 2, 2
+    read_factor = 1 if stage_first == 1 else math.prod(pyramid.factor(stage_first))
     return int(voxels * pyramid.dtype.itemsize * (read_factor + _HEADROOM)) + read_overhead
 
 
@@ -68,7 +69,9 @@ def _region_for(
     takes part of each row makes every task read more of the file than it uses.
     """
     scale = pyramid.scale(first)
-    unit = tuple(c * 2 ** (depth - 1) for c in scale.chunk_size)
+    # a chunk of the stage's last level, seen at its first
+    factor = pyramid.factor_between(first, first + depth - 1)
+    unit = tuple(c * f for c, f in zip(scale.chunk_size, factor))
     extent = [-(-s // u) * u for s, u in zip(scale.size, unit)]
     region = [extent[0], extent[1], unit[2]]
     while task_bytes(pyramid, first, (region[0], region[1], region[2]), read_overhead) > budget:
@@ -136,7 +139,7 @@ def _shard_block_stage(pyramid: Pyramid, level: int) -> Stage:
     last = level
     while last < pyramid.n_levels:
         finer, coarser = pyramid.scale(last), pyramid.scale(last + 1)
-        below = halved_region(region, finer.size, coarser.size)
+        below = halved_region(region, finer.size, coarser.size, pyramid.factor(last + 1))
         if coarser.sharding is None or below is None:
             break
         args = (coarser.grid_shape, coarser.chunk_size, coarser.size, below, spec(coarser))

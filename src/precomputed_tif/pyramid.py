@@ -1,8 +1,10 @@
 """What a volume looks like: its scales, and Neuroglancer's ``info`` file for them.
 
-A `Pyramid` is plain frozen data. Level 1 is the full-resolution data under key ``1_1_1``; level
-L has key ``R_R_R`` with R = 2**(L-1) and a size halved (rounding up) on every axis, as in the
-original precomputed-tif. Reading and writing ``info`` happens here and nowhere else.
+A `Pyramid` is plain frozen data. Level 1 is the full-resolution data under key ``1_1_1``; each
+next level halves (rounding up) the axes its factor says, 2 or 1 per axis, and its key names the
+factor from level 1 per axis: ``R_R_R`` with R = 2**(L-1) by default, as in the original
+precomputed-tif; ``2_2_1``, ``4_4_1``, ``8_8_2`` for anisotropic voxels. Reading and writing
+``info`` happens here and nowhere else.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -93,6 +96,9 @@ class Pyramid:
     volume_type: str = "image"
     # the converter writes one channel; volumes other tools wrote may hold more
     num_channels: int = 1
+    # how each level is made from the one before (downsample.METHODS); None: the default for the
+    # volume type. Ours, not Neuroglancer's: it is kept in the run record, never in an info file
+    downsampling: str | None = None
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -109,6 +115,32 @@ class Pyramid:
     @property
     def is_segmentation(self) -> bool:
         return self.volume_type == "segmentation"
+
+    @property
+    def downsample_method(self) -> str:
+        """How each level is made from the one before: mean, mode, max, min or stride."""
+        from .downsample import default_method
+
+        return self.downsampling or default_method(self.is_segmentation)
+
+    def factor(self, level: int) -> XYZ:
+        """How many voxels of level ``level - 1`` make one of `level`, per axis (xyz); (1, 1, 1)
+        for level 1. Read from the resolutions, so it holds for any info that doubles them."""
+        if level == 1:
+            return (1, 1, 1)
+        finer, coarser = self.scale(level - 1), self.scale(level)
+        x, y, z = (
+            max(1, round(c / f)) if f > 0 else 1
+            for f, c in zip(finer.resolution_nm, coarser.resolution_nm)
+        )
+        return (x, y, z)
+
+    def factor_between(self, finer: int, coarser: int) -> XYZ:
+        """Voxels of level `finer` per voxel of level `coarser`, per axis (xyz)."""
+        out = [1, 1, 1]
+        for level in range(finer + 1, coarser + 1):
+            out = [a * b for a, b in zip(out, self.factor(level))]
+        return (out[0], out[1], out[2])
 
     def to_info(self) -> dict[str, Any]:
         return {
@@ -172,9 +204,8 @@ class Pyramid:
                 region = None
                 cx, cy, cz = scale.chunk_size
                 chunk_bytes = cx * cy * cz * self.dtype.itemsize
-                # a task holds its block, and (above level 1) the 8 times larger block it is
-                # made from
-                read_factor = 2.25 if level == 1 else 9.25
+                # a task holds its block, and (above level 1) the larger block it is made from
+                read_factor = _read_factor(self, level)
                 spec, _ = volume_sharding(
                     scale.grid_shape,
                     chunk_bytes,
@@ -184,7 +215,11 @@ class Pyramid:
             # this level's task region: its own shard block, or the finer one's it nests in
             here = region or block_voxels(scale.grid_shape, scale.chunk_size, spec)
             coarser = self.scales[level].size if level < len(self.scales) else None
-            region = halved_region(here, scale.size, coarser) if coarser else None
+            region = (
+                halved_region(here, scale.size, coarser, self.factor(level + 1))
+                if coarser
+                else None
+            )
             scales.append(replace(scale, sharding=tuple(sorted(spec.to_json().items()))))
         return replace(self, scales=tuple(scales))
 
@@ -195,8 +230,7 @@ class Pyramid:
         scales = []
         for level, scale in enumerate(self.scales, start=1):
             chunk_bytes = math.prod(scale.chunk_size) * self.dtype.itemsize
-            read_factor = 2.25 if level == 1 else 9.25  # as for precomputed shards above
-            limit = max(chunk_bytes, int(task_bytes / read_factor))
+            limit = max(chunk_bytes, int(task_bytes / _read_factor(self, level)))
             block = [1, 1, 1]
             for axis in range(3):
                 while block[axis] < scale.grid_shape[axis]:
@@ -210,9 +244,84 @@ class Pyramid:
         return replace(self, scales=tuple(scales))
 
 
-def max_levels(size: XYZ) -> int:
-    """Levels until every axis is one voxel (each level halves, rounding up)."""
-    return 1 + max((s - 1).bit_length() for s in size)
+def _read_factor(pyramid: Pyramid, level: int) -> float:
+    """A task's memory per voxel of its block: the block (and chunk buffers), and above level
+    1 the finer block it is made from (8 times larger for factors 2, 2, 2)."""
+    return 2.25 if level == 1 else 1.25 + math.prod(pyramid.factor(level))
+
+
+# --factors auto: halve every axis whose voxel size, halved, is at most this many times the
+# coarsest axis's voxel size; when no axis is, halve all three
+AUTO_THRESHOLD = 1.5
+AUTO = "auto"
+Factors = XYZ | str  # 1 or 2 per axis (xyz), or AUTO
+
+
+def check_factors(factors: Factors) -> None:
+    """PlanError unless `factors` is AUTO or 1 or 2 per axis, not all 1."""
+    if factors == AUTO:
+        return
+    if (
+        not isinstance(factors, tuple)
+        or len(factors) != 3
+        or any(f not in (1, 2) for f in factors)
+        or factors == (1, 1, 1)
+    ):
+        raise PlanError(
+            f"--factors {_factors_text(factors)}: expected 1 or 2 per axis (x,y,z), at least one "
+            "2 (e.g. 2,2,1 keeps z), or auto"
+        )
+
+
+def _factors_text(factors: Any) -> str:
+    if isinstance(factors, (tuple, list)):
+        return ",".join(str(f) for f in factors)
+    return str(factors)
+
+
+def auto_factor(voxel_size: tuple[float, float, float]) -> XYZ:
+    """The factor --factors auto takes from a level of `voxel_size` (any unit, xyz) to the next.
+
+    An axis is halved when its voxel, halved, is at most `AUTO_THRESHOLD` times the coarsest
+    axis's voxel; when no axis is, all three are (voxels are then near-isotropic).
+    """
+    coarsest = max(voxel_size)
+    limit = AUTO_THRESHOLD * coarsest * (1 + 1e-9)  # sizes are exact; guard float round-off
+    x, y, z = (2 if 2 * v <= limit else 1 for v in voxel_size)
+    return (x, y, z) if 2 in (x, y, z) else (2, 2, 2)
+
+
+def next_factor(factors: Factors, voxel_size: tuple[float, float, float]) -> XYZ:
+    """The factor from a level of `voxel_size` to the next under `factors`."""
+    if factors == AUTO:
+        return auto_factor(voxel_size)
+    assert isinstance(factors, tuple)
+    return factors
+
+
+def _level_sizes(
+    size: XYZ, voxel_size: tuple[float, float, float], factors: Factors
+) -> Iterator[tuple[XYZ, XYZ]]:
+    """Each level's (size, factor from level 1), level 1 first, without end."""
+    total = (1, 1, 1)
+    while True:
+        yield size, total
+        step = next_factor(factors, tuple(v * t for v, t in zip(voxel_size, total)))  # type: ignore
+        size = tuple(-(-s // f) for s, f in zip(size, step))  # type: ignore[assignment]
+        total = tuple(t * f for t, f in zip(total, step))  # type: ignore[assignment]
+
+
+def max_levels(
+    size: XYZ,
+    factors: Factors = (2, 2, 2),
+    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> int:
+    """Levels until every axis the factors halve is one voxel (halving rounds up)."""
+    halved = [True] * 3 if factors == AUTO else [f == 2 for f in factors]
+    for level, (level_size, _) in enumerate(_level_sizes(size, voxel_size, factors), start=1):
+        if all(s == 1 for s, h in zip(level_size, halved) if h):
+            return level
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def plan_pyramid(
@@ -224,19 +333,35 @@ def plan_pyramid(
     levels: int | None = None,
     segmentation: bool = False,
     encoding: str = "raw",
+    factors: Factors = (2, 2, 2),
+    downsampling: str | None = None,
 ) -> Pyramid:
     """The pyramid the converter writes for a stack of `size` voxels (xyz).
 
-    With `levels` None, levels are added until the coarsest fits in one chunk. `encoding` is
-    the Neuroglancer chunk encoding (it matters to ``--format precomputed`` only).
+    Each level halves the axes `factors` says (1 or 2 per axis, xyz, or ``"auto"``: see
+    `auto_factor`). With `levels` None, levels are added until the coarsest fits in one chunk
+    along every axis the factors halve. `encoding` is the Neuroglancer chunk encoding (it matters
+    to ``--format precomputed`` only); `downsampling` a method of `downsample.METHODS` (None: mode
+    for a segmentation, else mean).
     """
+    from .downsample import METHODS
     from .encodings import DEFAULT_SEGMENTATION_BLOCK, check_encoding
 
     check_encoding(encoding, np.dtype(dtype).name)
+    check_factors(factors)
     if np.dtype(dtype).name not in SUPPORTED_DTYPES:
         raise PlanError(
             f"data type {np.dtype(dtype).name} is not supported; "
             f"expected one of {', '.join(SUPPORTED_DTYPES)}"
+        )
+    if downsampling is not None and downsampling not in METHODS:
+        raise PlanError(
+            f"--downsample {downsampling}: expected one of {', '.join(METHODS)}"
+        )
+    if downsampling == "mode" and np.dtype(dtype).kind == "f":
+        raise PlanError(
+            f"--downsample mode picks the most frequent value of each block, but {dtype} voxels "
+            "almost never repeat, so it would keep an arbitrary one: use mean, max, min or stride"
         )
     if any(c < 1 for c in chunk_size):
         raise PlanError(f"chunk size {chunk_size} must be positive on every axis")
@@ -244,39 +369,38 @@ def plan_pyramid(
         raise PlanError(f"volume size {size} must be at least one voxel on every axis")
     if levels is not None and levels < 1:
         raise PlanError(f"--levels {levels} must be at least 1")
-    most = max_levels(size)
+    most = max_levels(size, factors, voxel_size_nm)
     if levels is not None and levels > most:
         raise PlanError(
             f"--levels {levels} is more than a {'x'.join(map(str, size))} volume can have: level "
-            f"{most} is already 1x1x1, so give --levels {most} or less (or leave it out: levels "
-            "then stop when the coarsest fits in one chunk)"
+            f"{most} is already 1 voxel on every axis it halves, so give --levels {most} or less "
+            "(or leave it out: levels then stop when the coarsest fits in one chunk)"
         )
+    halved = [True] * 3 if factors == AUTO else [f == 2 for f in factors]
     scales = []
-    level_size = size
-    level = 1
-    while True:
-        factor = 2 ** (level - 1)
+    for level, (level_size, total) in enumerate(
+        _level_sizes(size, voxel_size_nm, factors), start=1
+    ):
         scales.append(
             Scale(
-                key=f"{factor}_{factor}_{factor}",
+                key="_".join(map(str, total)),
                 size=level_size,
                 chunk_size=chunk_size,
-                resolution_nm=tuple(v * factor for v in voxel_size_nm),
+                resolution_nm=tuple(v * f for v, f in zip(voxel_size_nm, total)),  # type: ignore
                 encoding=encoding,
                 segmentation_block_size=DEFAULT_SEGMENTATION_BLOCK
                 if encoding == "compressed_segmentation"
                 else None,
             )
         )
-        fits_one_chunk = all(s <= c for s, c in zip(level_size, chunk_size))
+        fits_one_chunk = all(s <= c for s, c, h in zip(level_size, chunk_size, halved) if h)
         if (levels is not None and level >= levels) or (levels is None and fits_one_chunk):
             break
-        level_size = tuple(-(-s // 2) for s in level_size)  # type: ignore[assignment]
-        level += 1
     return Pyramid(
         data_type=np.dtype(dtype).name,
         scales=tuple(scales),
         volume_type="segmentation" if segmentation else "image",
+        downsampling=downsampling,
     )
 
 

@@ -31,7 +31,7 @@ def _touches(box: Box, others: Iterable[Box]) -> bool:
 
 
 def _level_box(pyramid: Pyramid, stage: Stage, box: Box, level: int) -> Box:
-    return box.scaled_down(2 ** (level - stage.first), pyramid.scale(level).size)
+    return box.scaled_down(pyramid.factor_between(stage.first, level), pyramid.scale(level).size)
 
 
 def tasks_to_redo(
@@ -55,7 +55,9 @@ def tasks_to_redo(
                 damaged
                 or stage.first > 1
                 and _touches(
-                    box.scaled_up(2, pyramid.scale(stage.first - 1).size),
+                    box.scaled_up(
+                        pyramid.factor(stage.first), pyramid.scale(stage.first - 1).size
+                    ),
                     rewritten.get(stage.first - 1, ()),
                 )
             ):
@@ -70,7 +72,9 @@ def tasks_to_redo(
         if not needs_exact_copy(pyramid, before.last) or not redo[stage.first]:
             continue
         inputs = [
-            boxes[stage.first][i].scaled_up(2, pyramid.scale(before.last).size)
+            boxes[stage.first][i].scaled_up(
+                pyramid.factor(stage.first), pyramid.scale(before.last).size
+            )
             for i in redo[stage.first]
         ]
         for index, box in enumerate(boxes[before.first]):

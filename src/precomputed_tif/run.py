@@ -45,7 +45,7 @@ def run_task(task: Task) -> TaskResult:
     pyramid = store.pyramid
     stage = task.stage
     box = task.box
-    segmentation = pyramid.is_segmentation
+    method = pyramid.downsample_method
     if stage.first == 1:
         assert task.source is not None
         local = Box(
@@ -56,15 +56,18 @@ def run_task(task: Task) -> TaskResult:
     else:
         finer = pyramid.scale(stage.first - 1)
         exact = exact_copy(store) if needs_exact_copy(pyramid, stage.first - 1) else store
+        factor = pyramid.factor(stage.first)
         data = downsample(
-            exact.read_region(stage.first - 1, box.scaled_up(2, finer.size)),
-            segmentation=segmentation,
+            exact.read_region(stage.first - 1, box.scaled_up(factor, finer.size)),
+            factor,
+            method=method,
         )
     written = {}
     for level in stage.levels:
         if level != stage.first:
-            data = downsample(data, segmentation=segmentation)
-            box = box.scaled_down(2, pyramid.scale(level).size)
+            factor = pyramid.factor(level)
+            data = downsample(data, factor, method=method)
+            box = box.scaled_down(factor, pyramid.scale(level).size)
         targets = [store]
         if level == stage.last and needs_exact_copy(pyramid, level):
             targets.append(exact_copy(store))

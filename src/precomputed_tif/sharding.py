@@ -319,16 +319,20 @@ def block_voxels(grid_shape: Sequence[int], chunk_size: Sequence[int], spec: Sha
 
 
 def halved_region(
-    region: Sequence[int], size: Sequence[int], next_size: Sequence[int]
+    region: Sequence[int],
+    size: Sequence[int],
+    next_size: Sequence[int],
+    factor: Sequence[int] = (2, 2, 2),
 ) -> XYZ | None:
-    """A task region of one level as seen at the next (half) level, or None when a task's box
-    there would cut chunks in two (an odd region that does not cover its axis)."""
+    """A task region of one level as seen at the next level (`factor` times coarser per axis),
+    or None when a task's box there would cut chunks in two (an odd region that does not cover
+    its axis)."""
     out = []
-    for r, s, n in zip(region, size, next_size):
+    for r, s, n, f in zip(region, size, next_size, factor):
         if r >= s:
             out.append(n)
-        elif r % 2 == 0:
-            out.append(r // 2)
+        elif r % f == 0:
+            out.append(r // f)
         else:
             return None
     return (out[0], out[1], out[2])
@@ -358,7 +362,8 @@ def nested_sharding(
 
     The task that writes a shard of the finer level holds, downsampled, this region: with these
     shards it writes this level too, from the same read, instead of a later stage reading the
-    finer level back. Shards get 8 times smaller per level; the count stays that of the finer.
+    finer level back. Shards shrink by the level's factor (8 times for 2, 2, 2); the count stays
+    that of the finer.
     """
     total = len(morton_bits(grid_shape))
     for low in range(total + 1):

@@ -19,6 +19,7 @@ import numpy as np
 
 from .downsample import downsample
 from .encodings import decode_chunk, encode_chunk
+from .errors import StoreError
 from .geometry import Box, chunks_in, full_box
 from .run import LOSSY_ENCODINGS
 from .sources import PlaneSource
@@ -139,12 +140,13 @@ def verify_store(
             progress(n_checked, total)
     compared = 0
     if source is not None:
+        method = _recorded_method(store)
         broken = {(p.level, p.box) for p in problems}
         for level in range(1, store.pyramid.n_levels + 1):
             for box in _sample(store, level, n_samples):
                 if (level, box) in broken:
                     continue
-                what = _compare(store, source, level, box)
+                what = _compare(store, source, level, box, method)
                 if what is None:
                     continue
                 compared += 1
@@ -160,7 +162,26 @@ def _sample(store: ChunkStore, level: int, n: int) -> list[Box]:
     return random.Random(f"{level}:{scale.size}").sample(boxes, min(n, len(boxes)))
 
 
-def _compare(store: ChunkStore, source: PlaneSource, level: int, box: Box) -> str | None:
+def _recorded_method(store: ChunkStore) -> str:
+    """How the volume's levels were made: as its pyramid says, else as its run record does (an
+    info file does not say; records of runs before --downsample name none: the default)."""
+    from .convert import RUN_FILE, recorded_method
+    from .stores.base import STATE_DIR, load_json
+
+    if store.pyramid.downsampling is not None:
+        return store.pyramid.downsample_method
+    try:
+        run = load_json(store.files, f"{STATE_DIR}/{RUN_FILE}")
+    except (StoreError, OSError, ValueError):  # a read-only URL keeps no run record
+        run = None
+    if run is None:
+        return store.pyramid.downsample_method
+    return recorded_method(run)
+
+
+def _compare(
+    store: ChunkStore, source: PlaneSource, level: int, box: Box, method: str
+) -> str | None:
     """ "" when the stored chunk is what the planes make, a description when not, None when it
     cannot be recomputed here (a coarser level over a lossy one)."""
     pyramid = store.pyramid
@@ -171,9 +192,10 @@ def _compare(store: ChunkStore, source: PlaneSource, level: int, box: Box) -> st
         finer = pyramid.scale(level - 1)
         if finer.encoding in LOSSY_ENCODINGS:
             return None
-        region = box.scaled_up(2, finer.size)
+        factor = pyramid.factor(level)
+        region = box.scaled_up(factor, finer.size)
         expected = downsample(
-            store.read_region(level - 1, region), segmentation=pyramid.is_segmentation
+            store.read_region(level - 1, region), factor, method=method
         )
     if scale.encoding in LOSSY_ENCODINGS:  # what a reader decodes from the exact voxels
         blob = encode_chunk(expected, scale.encoding)

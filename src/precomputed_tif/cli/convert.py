@@ -69,7 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         help="number of levels, level 1 being full resolution and level N the mipmap factor "
-        "2^(N-1) (default: until the coarsest fits in one chunk)",
+        "2^(N-1) with the default --factors (default: until the coarsest fits in one chunk)",
+    )
+    parser.add_argument(
+        "--factors",
+        default=(2, 2, 2),
+        type=_factors,
+        metavar="X,Y,Z|auto",
+        help="what each level halves: 2 (halve) or 1 (keep) per axis, e.g. 2,2,1 keeps z; auto "
+        "halves the axes whose voxels are well below the coarsest until voxels are "
+        "near-isotropic, then all three (default 2,2,2)",
+    )
+    parser.add_argument(
+        "--downsample",
+        default=None,
+        choices=["mean", "mode", "max", "min", "stride"],
+        help="how a level is made from the one before: mean (default for images), mode (most "
+        "frequent value; default with --segmentation), max (keeps thin bright structures), "
+        "min, or stride (the first voxel of each block)",
     )
     parser.add_argument(
         "--format",
@@ -185,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_log_argument(parser)
     return parser
+
+
+def _factors(text: str) -> tuple[int, ...] | str:
+    """``auto`` or integers per axis; `plan_pyramid` says which values are allowed."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected 1 or 2 per axis (x,y,z, e.g. 2,2,1) or auto"
+        ) from None
 
 
 def _shape_source(shape: tuple[int, int, int], dtype: str) -> Any:
@@ -549,6 +578,8 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             levels=args.levels,
             segmentation=args.segmentation,
             encoding=args.encoding if args.format == "precomputed" else "raw",
+            factors=args.factors,
+            downsampling=args.downsample,
         )
         x, y, z = source.size
         log.info(
