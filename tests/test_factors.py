@@ -52,9 +52,7 @@ def reference_level(previous: np.ndarray, factors: tuple[int, int, int], method:
     return out
 
 
-def reference_pyramid(
-    stack: np.ndarray, keys: list[str], method: str = "mean"
-) -> list[np.ndarray]:
+def reference_pyramid(stack: np.ndarray, keys: list[str], method: str = "mean") -> list[np.ndarray]:
     """Levels named by their keys (the cumulative factor per axis)."""
     totals = [tuple(int(v) for v in key.split("_")) for key in keys]
     levels = [stack]
@@ -242,7 +240,9 @@ def test_every_method_through_tensorstore(tmp_path, method, dtype):
     if method == "mode" and dtype == "float32":
         pytest.skip("mode is refused for float data")
     stack = _stack((19, 27, 33), dtype, method, seed=3)
-    dest, pyramid = _convert(tmp_path, stack, "precomputed --sharded", factors="auto", method=method)
+    dest, pyramid = _convert(
+        tmp_path, stack, "precomputed --sharded", factors="auto", method=method
+    )
     keys = [s.key for s in pyramid.scales]
     expected = reference_pyramid(stack, keys, method)
     for level, want in enumerate(expected):
@@ -294,7 +294,8 @@ def test_original_client_finds_anisotropic_scales(tmp_path):
     assert scale.key == "2_2_1" and scale.shape == [22, 19, 21]
     assert get_info(dest).get_scale([8, 8, 2]).resolution == [5280, 5280, 4000]
     np.testing.assert_array_equal(
-        read_chunk(dest, 0, 22, 0, 19, 0, 21, level=(2, 2, 1)), expected[1]  # type: ignore
+        read_chunk(dest, 0, 22, 0, 19, 0, 21, level=(2, 2, 1)),
+        expected[1],  # type: ignore
     )
     with pytest.raises(KeyError, match="2_2_2"):
         ArrayReader(dest, level=2)
@@ -350,12 +351,14 @@ def test_dry_run_plans_the_factors(tmp_path, planes):
     assert not (tmp_path / "out").exists()
 
 
-def test_resume_refuses_another_method(tmp_path, planes):
+def test_resume_refuses_another_method(tmp_path):
     from test_cli import SLOW_RUN, _interrupt_after_progress
 
-    stack, source = planes
+    stack = random_stack((96, 192, 160), "uint16", seed=11)  # large enough to interrupt
+    source = write_planes(tmp_path / "planes", stack)
     dest = str(tmp_path / "out")
     args = ["--source", source, "--format", "zarr", "--factors", "auto", *SLOW_RUN]
+    args += ["--voxel-size", "0.66,0.66,2.0"]
     killed = _interrupt_after_progress([*args, "--downsample", "max", "--dest", dest], dest,
                                        signal.SIGKILL)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL
@@ -365,7 +368,8 @@ def test_resume_refuses_another_method(tmp_path, planes):
         assert json.load(f)["downsample"] == "max"
     resumed = run_cli(*args, "--downsample", "max", "--dest", dest, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    keys = [s["key"] for s in json.load(open(os.path.join(dest, "info")))["scales"]]
+    with open(os.path.join(dest, "info")) as f:
+        keys = [s["key"] for s in json.load(f)["scales"]]
     assert keys[:3] == ["1_1_1", "2_2_1", "4_4_1"]
     assert_every_chunk_equal(dest, reference_pyramid(stack, keys, "max"))
     verified = run_cli("--verify", dest, "--source", source, "--n-cores", "1")
@@ -390,8 +394,9 @@ def test_sigkill_then_resume_is_byte_identical_with_auto_factors(tmp_path, plane
     keys = [s.key for s in __import__("precomputed_tif").open_volume(dest).pyramid.scales]
     if fmt != "ngff":  # OME-Zarr levels are read back keyed 2**i, as the original named them
         assert keys[:4] == ["1_1_1", "2_2_1", "4_4_1", "8_8_2"]
-    assert_every_chunk_equal(dest, reference_pyramid(stack, ["1_1_1", "2_2_1", "4_4_1",
-                                                              "8_8_2", "16_16_4"][: len(keys)]))
+    assert_every_chunk_equal(
+        dest, reference_pyramid(stack, ["1_1_1", "2_2_1", "4_4_1", "8_8_2", "16_16_4"][: len(keys)])
+    )
 
 
 def test_served_anisotropic_volume_answers_at_its_keys(tmp_path, planes):

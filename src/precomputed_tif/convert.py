@@ -128,9 +128,11 @@ def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
         )
     keys = [[sc.get("key") for sc in info.get("scales", [])] for info in (old_info, new_info)]
     if keys[0] != keys[1] and len(keys[0]) == len(keys[1]):
-        return f"its scales are {', '.join(map(str, keys[0]))}, this run makes " + ", ".join(
-            map(str, keys[1])
-        ) + " (--factors)"
+        return (
+            f"its scales are {', '.join(map(str, keys[0]))}, this run makes "
+            + ", ".join(map(str, keys[1]))
+            + " (--factors)"
+        )
     sharding = [
         [(sc.get("sharding"), sc.get("shard_size")) for sc in info.get("scales", [])]
         for info in (old_info, new_info)

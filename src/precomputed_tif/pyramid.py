@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -355,9 +355,7 @@ def plan_pyramid(
             f"expected one of {', '.join(SUPPORTED_DTYPES)}"
         )
     if downsampling is not None and downsampling not in METHODS:
-        raise PlanError(
-            f"--downsample {downsampling}: expected one of {', '.join(METHODS)}"
-        )
+        raise PlanError(f"--downsample {downsampling}: expected one of {', '.join(METHODS)}")
     if downsampling == "mode" and np.dtype(dtype).kind == "f":
         raise PlanError(
             f"--downsample mode picks the most frequent value of each block, but {dtype} voxels "

@@ -55,9 +55,7 @@ def tasks_to_redo(
                 damaged
                 or stage.first > 1
                 and _touches(
-                    box.scaled_up(
-                        pyramid.factor(stage.first), pyramid.scale(stage.first - 1).size
-                    ),
+                    box.scaled_up(pyramid.factor(stage.first), pyramid.scale(stage.first - 1).size),
                     rewritten.get(stage.first - 1, ()),
                 )
             ):

@@ -194,9 +194,7 @@ def _compare(
             return None
         factor = pyramid.factor(level)
         region = box.scaled_up(factor, finer.size)
-        expected = downsample(
-            store.read_region(level - 1, region), factor, method=method
-        )
+        expected = downsample(store.read_region(level - 1, region), factor, method=method)
     if scale.encoding in LOSSY_ENCODINGS:  # what a reader decodes from the exact voxels
         blob = encode_chunk(expected, scale.encoding)
         expected = decode_chunk(blob, scale.encoding, box.numpy_shape, pyramid.dtype)
