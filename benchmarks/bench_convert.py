@@ -65,6 +65,12 @@ FORMAT_FLAGS = {
     "precomputed-sharded-raw": [
         *("--format", "precomputed", "--sharded", "--shard-data-encoding", "raw"),
     ],
+    # --factors auto on a light-sheet voxel size (z kept at first: 2_2_1, 4_4_1, 8_8_2, ...),
+    # against the same format with the default 2,2,2 (more voxels per level, other stages)
+    "auto-blockfs": ["--format", "blockfs", "--factors", "auto", "--voxel-size", "0.66,0.66,2.0"],
+    "auto-precomputed": [
+        *("--format", "precomputed", "--factors", "auto", "--voxel-size", "0.66,0.66,2.0"),
+    ],
     # the same tasks on a local Dask cluster of 2 worker processes (its overhead vs the pool)
     "blockfs-dask2": ["--format", "blockfs", "--dask-workers", "2"],
     # ... and on a cluster already running (as on a lab's cluster): no start-up in the figure;
@@ -330,6 +336,8 @@ def peers_of(c: Contender, by_name: dict[str, Contender]) -> list[str]:
     peers = [f"original-{c.fmt}", TS_PEER.get(c.name, "tensorstore") or "", "floor"]
     if c.name.startswith("ours-precomputed-sharded"):
         peers.append("ours-precomputed")  # what sharding costs over one file per chunk
+    if c.name.startswith("ours-auto-"):
+        peers.append(c.name.replace("auto-", ""))  # what --factors auto costs over 2,2,2
     return [p for p in peers if p in by_name and any(r.ok for r in by_name[p].runs)]
 
 

@@ -297,6 +297,7 @@ def test_original_client_finds_anisotropic_scales(tmp_path):
         read_chunk(dest, 0, 22, 0, 19, 0, 21, level=(2, 2, 1)),
         expected[1],  # type: ignore
     )
+    np.testing.assert_array_equal(ArrayReader(dest, level=(4, 4, 1))[:, :, :], expected[2])
     with pytest.raises(KeyError, match="2_2_2"):
         ArrayReader(dest, level=2)
 
@@ -416,3 +417,39 @@ def test_served_anisotropic_volume_answers_at_its_keys(tmp_path, planes):
         got = np.frombuffer(body, "<u2").reshape(16, 16, 16)
         np.testing.assert_array_equal(got, expected[16:32, 0:16, 16:32])
         assert server.get("/2_2_2/0-16_0-16_0-16")[0] == 404
+
+
+def test_another_factor_choice_is_another_volume(tmp_path, planes):
+    dest = str(tmp_path / "out")
+    assert run_cli(*_cli_args(planes[1], "--format", "tiff"), "--dest", dest).returncode == 0
+    other = run_cli(*_cli_args(planes[1], "--format", "tiff", "--factors", "2,2,1"), "--dest", dest)
+    assert_one_line_error(other, "2_2_2", "2_2_1", "(--factors)", "--overwrite")
+
+
+def test_pyramid_with_factors_and_method_pickles_and_keeps_them():
+    import pickle
+
+    from precomputed_tif import plan_pyramid
+
+    pyramid = plan_pyramid(
+        (300, 200, 50), "uint8", voxel_size_nm=(4, 4, 40), factors="auto", downsampling="max"
+    )
+    again = pickle.loads(pickle.dumps(pyramid))
+    assert again == pyramid and again.downsample_method == "max"
+    assert [again.factor(level) for level in range(1, 4)] == [(1, 1, 1), (2, 2, 1), (2, 2, 1)]
+    assert again.factor_between(1, 3) == (4, 4, 1)
+
+
+@pytest.mark.slow
+def test_dask_cluster_matches_the_process_pool_with_auto_factors_and_max(tmp_path, planes):
+    pytest.importorskip("distributed")
+    stack, source = planes
+    args = _cli_args(source, "--format", "precomputed", "--sharded", "--factors", "auto")
+    args += ["--downsample", "max"]
+    pool, dask = str(tmp_path / "pool"), str(tmp_path / "dask")
+    assert run_cli(*args, "--dest", pool).returncode == 0
+    result = run_cli(*args, "--dest", dask, "--dask-workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert _tree(dask) == _tree(pool)
+    keys = [s.key for s in __import__("precomputed_tif").open_volume(dask).pyramid.scales]
+    assert_every_chunk_equal(dask, reference_pyramid(stack, keys, "max"))
