@@ -11,9 +11,12 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import tifffile
 
 from conftest import random_stack, write_planes
 from test_cli import _tree, assert_one_line_error, run_cli
@@ -300,6 +303,16 @@ def test_original_client_finds_anisotropic_scales(tmp_path):
     np.testing.assert_array_equal(ArrayReader(dest, level=(4, 4, 1))[:, :, :], expected[2])
     with pytest.raises(KeyError, match="2_2_2"):
         ArrayReader(dest, level=2)
+    # precomputed-save takes the per-axis factor too
+    out = str(tmp_path / "plane.tif")
+    saved = subprocess.run(
+        [sys.executable, "-m", "precomputed_tif.cli.save", "--url", dest, "--output", out,
+         "--level", "8,8,2", "--coordinate", "5"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert saved.returncode == 0, saved.stderr
+    assert "from scale 8_8_2" in saved.stdout
+    np.testing.assert_array_equal(tifffile.imread(out), expected[3][5])
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -324,6 +324,12 @@ def max_levels(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _smallest(factors: Factors) -> str:
+    if factors == AUTO or factors == (2, 2, 2):
+        return "1x1x1"
+    return "1 voxel on every axis --factors halves"
+
+
 def plan_pyramid(
     size: XYZ,
     dtype: str,
@@ -371,7 +377,7 @@ def plan_pyramid(
     if levels is not None and levels > most:
         raise PlanError(
             f"--levels {levels} is more than a {'x'.join(map(str, size))} volume can have: level "
-            f"{most} is already 1 voxel on every axis it halves, so give --levels {most} or less "
+            f"{most} is already {_smallest(factors)}, so give --levels {most} or less "
             "(or leave it out: levels then stop when the coarsest fits in one chunk)"
         )
     halved = [True] * 3 if factors == AUTO else [f == 2 for f in factors]

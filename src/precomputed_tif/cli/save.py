@@ -38,10 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--level",
-        type=positive_int,
+        type=_level,
         default=1,
         help="the level by its mipmap factor, as in the original tool: 1 is level 1 (1_1_1, "
-        "full resolution), 2 is level 2 (2_2_2), 4 is level 3 (4_4_4), ... (default 1)",
+        "full resolution), 2 is level 2 (2_2_2), 4 is level 3 (4_4_4), ...; or x,y,z for a "
+        "volume made with --factors (4,4,1 is scale 4_4_1) (default 1)",
     )
     parser.add_argument("--format", default=None, help="layout of a local source (detected)")
     rotate = parser.add_mutually_exclusive_group()
@@ -127,13 +128,27 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(work, "precomputed-save")
 
 
+def _level(text: str) -> int | tuple[int, int, int]:
+    """A mipmap factor (2), or one per axis (4,4,1) for volumes made with --factors."""
+    if "," not in text:
+        return positive_int(text)
+    values = tuple(positive_int(v) for v in text.split(","))
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one factor or x,y,z (e.g. 4,4,1)")
+    return (values[0], values[1], values[2])
+
+
 def _say_written(args: argparse.Namespace, array: np.ndarray) -> None:
     """One line on success: what was written where, from which level (named as everywhere)."""
     if args.log in ("WARNING", "ERROR", "CRITICAL"):
         return
+    shape = "x".join(str(n) for n in array.shape[::-1])
+    if isinstance(args.level, tuple):
+        key = "_".join(map(str, args.level))
+        print(f"wrote {args.output}: {shape} {array.dtype} from scale {key}")
+        return
     factor = args.level
     level = factor.bit_length()  # factor 2**(N-1) is level N
-    shape = "x".join(str(n) for n in array.shape[::-1])
     key = f"{factor}_{factor}_{factor}"
     print(f"wrote {args.output}: {shape} {array.dtype} from level {level} ({key})")
 
