@@ -354,6 +354,8 @@ def plan_pyramid(
     from .encodings import DEFAULT_SEGMENTATION_BLOCK, check_encoding
 
     check_encoding(encoding, np.dtype(dtype).name)
+    if isinstance(factors, list):
+        factors = tuple(factors)  # type: ignore[assignment]
     check_factors(factors)
     if np.dtype(dtype).name not in SUPPORTED_DTYPES:
         raise PlanError(
