@@ -466,3 +466,24 @@ def test_dask_cluster_matches_the_process_pool_with_auto_factors_and_max(tmp_pat
     assert _tree(dask) == _tree(pool)
     keys = [s.key for s in __import__("precomputed_tif").open_volume(dask).pyramid.scales]
     assert_every_chunk_equal(dask, reference_pyramid(stack, keys, "max"))
+
+
+@pytest.mark.slow
+def test_repair_with_auto_factors_and_max_restores_the_bytes(tmp_path, planes):
+    """A lost level-1 chunk and a lost 2_2_1 chunk: --resume --repair makes them, and every
+    coarser chunk made from them, again; the bytes are those of an uninterrupted run."""
+    stack, source = planes
+    args = _cli_args(source, "--format", "tiff", "--factors", "auto", "--downsample", "max")
+    reference, dest = str(tmp_path / "ref"), str(tmp_path / "out")
+    assert run_cli(*args, "--dest", reference).returncode == 0
+    assert run_cli(*args, "--dest", dest).returncode == 0
+    os.remove(os.path.join(dest, "1_1_1", "16-32_16-32_16-32.tiff"))
+    os.remove(os.path.join(dest, "2_2_1", "32-45_16-32_0-16.tiff"))
+    found = run_cli("--verify", dest)
+    assert found.returncode == 1 and "2_2_1" not in found.stdout  # levels are named by number
+    assert "level 2 chunk 32-45_16-32_0-16: missing" in found.stdout, found.stdout
+    repaired = run_cli(*args, "--dest", dest, "--resume", "--repair")
+    assert repaired.returncode == 0, repaired.stderr
+    assert _tree(dest) == _tree(reference)
+    verified = run_cli("--verify", dest, "--source", source)
+    assert verified.stdout.startswith("OK") and "match" in verified.stdout, verified.stdout
