@@ -341,12 +341,13 @@ def test_a_plain_pep_3333_file_wrapper_never_sends_past_a_range(files):
 
     app = PrecomputedApp(single=resolve_source("", str(files), "raw"))
     whole = (files / SHARD).read_bytes()
-    environ: dict = {}
+    environ: dict = {"PATH_INFO": "/" + SHARD}
     wsgiref.util.setup_testing_defaults(environ)
-    environ.update(PATH_INFO="/" + SHARD, HTTP_RANGE="bytes=100-199")
     environ["wsgi.file_wrapper"] = wsgiref.util.FileWrapper
-    body = app(environ, lambda status, headers, exc_info=None: None)
-    assert b"".join(body) == whole[100:200]
+    for start, end in [(100, 199), (0, 99)]:
+        environ["HTTP_RANGE"] = f"bytes={start}-{end}"
+        body = app(environ, lambda status, headers, exc_info=None: None)
+        assert b"".join(body) == whole[start : end + 1]
     environ.pop("HTTP_RANGE")
     reply = app(environ, lambda status, headers, exc_info=None: None)
     assert isinstance(reply, wsgiref.util.FileWrapper)  # a whole file: the wrapper

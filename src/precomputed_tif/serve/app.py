@@ -287,7 +287,9 @@ class PrecomputedApp:
                 handle = open(body.path, "rb")
             except OSError:
                 return _file_blocks(body)
-            if body.offset == 0 or _bounded_by_length(wrapper):
+            if _bounded_by_length(wrapper) or (
+                body.offset == 0 and body.length == os.fstat(handle.fileno()).st_size
+            ):
                 # from the file's position for Content-Length bytes: sendfile(2) under
                 # gunicorn and mod_wsgi, also for a byte range of a shard
                 handle.seek(body.offset)
