@@ -649,7 +649,10 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
                 print(f"serve and view it: {_serve_command(dest)}")
             return 0
         except KeyboardInterrupt:
-            interrupted = True  # later presses keep being absorbed while Python exits
+            # later presses are absorbed while Python exits: ignored, not handled, because
+            # Python's finalization restores the default for handled signals (killing us)
+            interrupted = True
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             again = [*command, "--resume"] if "--resume" not in command else command
             print(
                 "precomputed-tif: interrupted; the volume is incomplete. To finish it, run: "
