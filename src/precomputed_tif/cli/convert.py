@@ -651,6 +651,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             return 0
         except KeyboardInterrupt:
             interrupted = True  # later presses keep being absorbed while Python exits
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Python's exit resets its own handlers
             again = [*command, "--resume"] if "--resume" not in command else command
             print(
                 "precomputed-tif: interrupted; the volume is incomplete. To finish it, run: "
