@@ -618,6 +618,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
                     budget=budget,
                     resume=args.resume,
                     overwrite=args.overwrite,
+                    repair=args.repair,
                 )
                 # the caller's own logging set-up (if any) does not hide the bars; --log does
                 show = logging.getLevelName(args.log) <= logging.INFO
