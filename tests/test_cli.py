@@ -211,7 +211,14 @@ def _interrupt_after_progress(args: list[str], dest: str, sig: int) -> subproces
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "fmt",
-    ["tiff", "zarr", "blockfs", "precomputed", "precomputed --sharded"],
+    [
+        "tiff",
+        "zarr",
+        "blockfs",
+        "precomputed",
+        "precomputed --sharded",
+        "precomputed --sharded --shard-data-encoding raw",
+    ],
 )
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "ctrl-c"])
 def test_interrupted_run_resumes_to_identical_bytes(tmp_path, resumable_stack, fmt, sig):

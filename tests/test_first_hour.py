@@ -172,7 +172,7 @@ def test_off_a_terminal_one_line_per_level_and_a_summary(tmp_path):
     for level, key in enumerate(["1_1_1", "2_2_2", "4_4_4"], start=1):
         line = next(s for s in summary if s.strip().startswith(f"level {level} ({key})"))
         files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(dest, key)) for f in fs]
-        assert line.endswith(f" in {len(files)} files"), line
+        assert line.endswith(f" in {len(files)} file{'s' if len(files) > 1 else ''}"), line
     assert summary[-1] == f"serve and view it: precomputed-webserver -d {dest} --viewer"
     quiet = run_cli("--example", "--dest", str(tmp_path / "q"), "--log", "WARNING")
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""

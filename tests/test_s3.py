@@ -238,13 +238,21 @@ def test_served_from_s3_like_the_local_folder(tmp_path, s3, stack_and_planes, fm
     assert volume.pyramid.n_levels == 4
 
 
-def test_gzip_in_a_bucket_has_content_encoding_and_tensorstore_reads_it(s3, stack_and_planes):
+@pytest.fixture(scope="module")
+def gzip_bucket(s3, stack_and_planes):
+    """The stack converted with --gzip into the bucket, under gzip-plain/."""
+    _convert(stack_and_planes[1], f"{s3}/gzip-plain", "precomputed --gzip")
+    return f"{s3}/gzip-plain"
+
+
+def test_gzip_in_a_bucket_has_content_encoding_and_tensorstore_reads_it(
+    gzip_bucket, stack_and_planes
+):
     """--gzip to s3://: plain chunk names, Content-Encoding: gzip, as Neuroglancer expects."""
     import fsspec
 
-    stack, planes = stack_and_planes
-    url = f"{s3}/gzip-plain"
-    _convert(planes, url, "precomputed --gzip")
+    stack, _ = stack_and_planes
+    url = gzip_bucket
     objects = _objects(url)
     chunks = [name for name in objects if name != "info"]
     assert chunks and not any(name.endswith(".gz") for name in chunks)
@@ -271,6 +279,71 @@ def test_gzip_in_a_bucket_has_content_encoding_and_tensorstore_reads_it(s3, stac
         np.testing.assert_array_equal(got, want, err_msg=f"level {level + 1}")
 
 
+def test_a_gzip_folder_copied_to_a_bucket_reads_and_serves(tmp_path, s3, stack_and_planes):
+    """name.gz objects (a --gzip folder copied as it is, or written by an earlier version)."""
+    import gzip
+
+    import fsspec
+
+    from precomputed_tif.serve import PrecomputedApp
+    from precomputed_tif.serve.config import resolve_source
+
+    stack, planes = stack_and_planes
+    local = str(tmp_path / "local")
+    _convert(planes, local, "precomputed --gzip")
+    fs = fsspec.filesystem("s3")
+    for name, data in _files(local).items():
+        fs.pipe_file(f"{BUCKET}/copied/{name}", data)
+    url = f"{s3}/copied"
+    assert any(name.endswith(".gz") for name in _objects(url))
+    expected = reference_pyramid(stack, 4)
+    assert_every_chunk_equal(url, expected)
+    app = PrecomputedApp(single=resolve_source("", url, None))
+    path = "/1_1_1/16-32_0-16_32-48"
+    packed = call(app, path, headers={"Accept-Encoding": "gzip"})
+    assert packed.status == 200 and packed.headers["content-encoding"] == "gzip"
+    got = np.frombuffer(gzip.decompress(packed.body), "<u2").reshape(16, 16, 16)
+    np.testing.assert_array_equal(got, expected[0][32:48, 0:16, 16:32])
+    plain = call(app, path)
+    assert "content-encoding" not in plain.headers and plain.body == got.tobytes()
+
+
+def _public_with_cors(fs) -> None:
+    """Anyone may GET the bucket's objects, from any origin (as a data-sharing bucket is set)."""
+    public = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{BUCKET}/*",
+            }
+        ],
+    }
+    fs.call_s3("put_bucket_policy", Bucket=BUCKET, Policy=json.dumps(public))
+    cors = {"CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]}]}
+    fs.call_s3("put_bucket_cors", Bucket=BUCKET, CORSConfiguration=cors)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_cloudvolume_reads_a_gzip_bucket_over_http(gzip_bucket, stack_and_planes):
+    import fsspec
+
+    cloudvolume = pytest.importorskip("cloudvolume")
+    stack, _ = stack_and_planes
+    fs = fsspec.filesystem("s3")
+    _public_with_cors(fs)
+    try:
+        url = f"precomputed://{os.environ['AWS_ENDPOINT_URL']}/{BUCKET}/gzip-plain"
+        for level, want in enumerate(reference_pyramid(stack, 4)[:2]):
+            vol = cloudvolume.CloudVolume(url, mip=level, progress=False)
+            got = np.asarray(vol[:, :, :])[..., 0].transpose(2, 1, 0)
+            np.testing.assert_array_equal(got, want, err_msg=f"level {level + 1}")
+    finally:
+        fs.call_s3("delete_bucket_policy", Bucket=BUCKET)
+
+
 @pytest.mark.slow
 def test_viewer_shows_a_gzip_volume_from_the_bucket(tmp_path, s3):
     """Neuroglancer in headless Chromium reads the --gzip bucket directly (public, with CORS)."""
@@ -290,20 +363,7 @@ def test_viewer_shows_a_gzip_volume_from_the_bucket(tmp_path, s3):
     planes = str(DATA / "stacks" / "stardist_img3d" / "planes")
     _convert(planes, f"{s3}/viewer-gzip", "precomputed --gzip", "--voxel-size", "1,1,1")
     fs = fsspec.filesystem("s3")
-    public = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": "*",
-                "Action": "s3:GetObject",
-                "Resource": f"arn:aws:s3:::{BUCKET}/*",
-            }
-        ],
-    }
-    fs.call_s3("put_bucket_policy", Bucket=BUCKET, Policy=json.dumps(public))
-    cors = {"CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]}]}
-    fs.call_s3("put_bucket_cors", Bucket=BUCKET, CORSConfiguration=cors)
+    _public_with_cors(fs)
     viewer = RunningServer("-d", local, "--viewer", log="WARNING")  # hands out the client
     best = 0.0
     try:

@@ -449,3 +449,26 @@ def test_make_app_takes_the_settings_from_arguments_and_the_sources_file(tmp_pat
         "/blocks/info",
     )
     assert served.headers["access-control-allow-origin"] == "https://viewer.lab"
+
+
+@pytest.mark.parametrize(
+    "info, served",
+    [
+        ({"@type": "neuroglancer_skeletons", "vertex_attributes": []}, True),
+        ({"@type": "neuroglancer_legacy_mesh"}, True),
+        ({"annotation_type": "POINT"}, True),
+        ({"type": "image", "scales": []}, True),
+        ({"hello": "world"}, False),
+        (None, False),
+    ],
+)
+def test_only_folders_holding_a_neuroglancer_source_are_detected(tmp_path, info, served):
+    if info is not None:
+        (tmp_path / "info").write_text(json.dumps(info))
+    (tmp_path / "notes.txt").write_text("private")
+    if served:
+        assert resolve_source("x", str(tmp_path), None).format == "raw"
+    else:
+        with pytest.raises(ConfigError, match="holds no volume"):
+            resolve_source("x", str(tmp_path), None)
+    assert resolve_source("x", str(tmp_path), "raw").format == "raw"

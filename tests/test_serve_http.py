@@ -235,6 +235,35 @@ def test_decoded_chunks_have_last_modified_and_revalidate(decoded, fmt):
     assert ranged.status == 206 and ranged.body == first.body[2:6]
 
 
+@pytest.mark.parametrize(
+    "header, expected",
+    [  # RFC 9110, 14.1.2's examples on a 10000-byte body, and edge cases
+        ("bytes=0-499", [(0, 499)]),
+        ("bytes=500-999", [(500, 999)]),
+        ("bytes=-500", [(9500, 9999)]),
+        ("bytes=9500-", [(9500, 9999)]),
+        ("bytes=0-0,-1", [(0, 0), (9999, 9999)]),
+        ("bytes=500-600,601-999", [(500, 999)]),
+        ("bytes=500-700,601-999", [(500, 999)]),
+        ("bytes=100-199, ,0-9", [(100, 199), (0, 9)]),
+        ("BYTES = 1-2", [(1, 2)]),
+        ("bytes=,", None),
+        ("bytes=5-1", None),
+        ("bytes=1-2,x", None),
+        ("lines=1-2", None),
+        ("bytes=-0", 416),
+        ("bytes=10000-", 416),
+        ("bytes=10000-,-0", 416),
+    ],
+)
+def test_range_parser_examples(header, expected):
+    if expected == 416:
+        with pytest.raises(HttpError):
+            parse_ranges(header, SIZE)
+    else:
+        assert parse_ranges(header, SIZE) == expected
+
+
 # --- the parsers, for any input -----------------------------------------------------------------
 
 

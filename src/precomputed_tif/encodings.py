@@ -63,7 +63,9 @@ def encode_chunk(
     if encoding == "raw":
         if data.ndim == 4:
             data = np.moveaxis(data, 3, 0)  # channels are the slowest axis on disk
-        return np.ascontiguousarray(data, data.dtype.newbyteorder("<")).tobytes()
+        little = data.dtype.newbyteorder("<")
+        # tobytes gathers a strided view in one copy; ascontiguousarray first would make two
+        return data.tobytes() if data.dtype == little else data.astype(little).tobytes()
     nz, ny, nx = data.shape[:3]
     image = data.reshape(nz * ny, nx, *data.shape[3:])
     if encoding == "jpeg":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .errors import PlanError
 from .geometry import XYZ, Box
-from .pyramid import Pyramid
+from .pyramid import Pyramid, Scale
 from .sharding import ShardingSpec
 from .sources import PlaneSource
 from .stores import ChunkStore
@@ -124,14 +124,26 @@ def plan_stages(
 
 
 def _shard_block_stage(pyramid: Pyramid, level: int) -> Stage:
-    """A sharded level is made a shard at a time: the task region is one shard's block."""
-    from .sharding import ShardingSpec, block_of_low_bits
+    """A sharded level is made a shard at a time: the task region is one shard's block; the
+    stage goes on through the next levels whose shards are that block downsampled."""
+    from .sharding import ShardingSpec, block_voxels, halved_region, region_is_shard_block
+
+    def spec(scale: Scale) -> ShardingSpec:
+        return ShardingSpec.from_json(scale.sharding_json or {})
 
     scale = pyramid.scale(level)
-    spec = ShardingSpec.from_json(scale.sharding_json or {})
-    block = block_of_low_bits(scale.grid_shape, spec.preshift_bits + spec.minishard_bits)
-    x, y, z = (c * b for c, b in zip(scale.chunk_size, block))
-    return Stage(level, level, (x, y, z))
+    first_region = region = block_voxels(scale.grid_shape, scale.chunk_size, spec(scale))
+    last = level
+    while last < pyramid.n_levels:
+        finer, coarser = pyramid.scale(last), pyramid.scale(last + 1)
+        below = halved_region(region, finer.size, coarser.size)
+        if coarser.sharding is None or below is None:
+            break
+        args = (coarser.grid_shape, coarser.chunk_size, coarser.size, below, spec(coarser))
+        if not region_is_shard_block(*args):
+            break
+        region, last = below, last + 1
+    return Stage(level, last, first_region)
 
 
 def _choose_stage(

@@ -140,23 +140,51 @@ class Pyramid:
     def with_levels(self, n_levels: int) -> Pyramid:
         return replace(self, scales=self.scales[:n_levels])
 
-    def sharded(self, task_bytes: int) -> Pyramid:
-        """This pyramid with every scale sharded in blocks one task of `task_bytes` can fill."""
-        from .sharding import volume_sharding
+    def sharded(self, task_bytes: int, data_encoding: str = "gzip") -> Pyramid:
+        """This pyramid with every scale sharded in blocks one task of `task_bytes` can fill.
 
-        scales = []
-        for level, scale in enumerate(self.scales, start=1):
-            cx, cy, cz = scale.chunk_size
-            chunk_bytes = cx * cy * cz * self.dtype.itemsize
-            # a task holds its block, and (above level 1) the 8 times larger block it is made from
-            read_factor = 2.25 if level == 1 else 9.25
-            data_encoding = "raw" if scale.encoding in ("jpeg", "png") else "gzip"
-            spec, _ = volume_sharding(
-                scale.grid_shape,
-                chunk_bytes,
-                max(chunk_bytes, int(task_bytes / read_factor)),
-                data_encoding=data_encoding,
+        `data_encoding` is the shards' ``gzip`` or ``raw``; jpeg and png chunks are stored
+        ``raw`` whatever it says (gzip barely shrinks them).
+        """
+        from .sharding import (
+            SHARD_DATA_ENCODINGS,
+            block_voxels,
+            halved_region,
+            nested_sharding,
+            volume_sharding,
+        )
+
+        if data_encoding not in SHARD_DATA_ENCODINGS:
+            raise PlanError(
+                f"unknown shard data encoding {data_encoding!r}; expected "
+                f"{' or '.join(SHARD_DATA_ENCODINGS)}"
             )
+        scales = []
+        region: XYZ | None = None  # a finer level's shard block, seen at this level
+        for level, scale in enumerate(self.scales, start=1):
+            encoding = "raw" if scale.encoding in ("jpeg", "png") else data_encoding
+            spec = None
+            if region is not None:
+                spec = nested_sharding(
+                    scale.grid_shape, scale.chunk_size, scale.size, region, data_encoding=encoding
+                )
+            if spec is None:
+                region = None
+                cx, cy, cz = scale.chunk_size
+                chunk_bytes = cx * cy * cz * self.dtype.itemsize
+                # a task holds its block, and (above level 1) the 8 times larger block it is
+                # made from
+                read_factor = 2.25 if level == 1 else 9.25
+                spec, _ = volume_sharding(
+                    scale.grid_shape,
+                    chunk_bytes,
+                    max(chunk_bytes, int(task_bytes / read_factor)),
+                    data_encoding=encoding,
+                )
+            # this level's task region: its own shard block, or the finer one's it nests in
+            here = region or block_voxels(scale.grid_shape, scale.chunk_size, spec)
+            coarser = self.scales[level].size if level < len(self.scales) else None
+            region = halved_region(here, scale.size, coarser) if coarser else None
             scales.append(replace(scale, sharding=tuple(sorted(spec.to_json().items()))))
         return replace(self, scales=tuple(scales))
 

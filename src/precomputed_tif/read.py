@@ -121,14 +121,18 @@ class Volume:
         return (self[level] for level in range(1, len(self) + 1))
 
     def verify(
-        self, *, source: PlaneSource | None = None, executor: Executor | None = None
+        self,
+        *,
+        source: PlaneSource | None = None,
+        n_samples: int = 32,
+        executor: Executor | None = None,
     ) -> Report:
         """Check that every chunk of every level is there and decodes; with `source` (the input
-        planes) also recompute a sample of chunks and compare. ``report.ok``, ``report.verdict``
-        and ``report.problems`` say what was found; nothing is changed."""
+        planes) also recompute `n_samples` chunks per level and compare. ``report.ok``,
+        ``report.verdict`` and ``report.problems`` say what was found; nothing is changed."""
         from .verify import verify_store
 
-        return verify_store(self.store, executor=executor, source=source)
+        return verify_store(self.store, executor=executor, source=source, n_samples=n_samples)
 
 
 def open_volume(path: str, format: str | None = None) -> Volume:

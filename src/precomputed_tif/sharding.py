@@ -17,9 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from .compression import gzip_compress
+from .geometry import XYZ
 from .locations import LocalLocation, WritableLocation
 
 _M32 = np.uint32(0xFFFFFFFF)
+# a shard's data encoding: gzip (smaller files) or raw (as TensorStore writes by default: no
+# codec time on writing or reading, the chunks' bytes as they are)
+SHARD_DATA_ENCODINGS = ("gzip", "raw")
 
 
 def _rotl32(x: np.ndarray, r: int) -> np.ndarray:
@@ -211,28 +216,35 @@ def write_sharded(
         if len(group) == 0:
             continue
         if rows is not None:
-            data = np.ascontiguousarray(rows[group]).tobytes()
+            parts = [np.ascontiguousarray(rows[group]).tobytes()]
         else:
-            data = b"".join(items[int(i)] for i in group)
-        content = _shard_bytes(spec, keys[group], minishard[group], sizes[group], data)
+            parts = [items[int(i)] for i in group]
+        content = _shard_bytes(spec, keys[group], minishard[group], sizes[group], parts)
         folder.write(spec.shard_name(int(shard[group[0]])), content)
         files += 1
     return files
 
 
 def encode_blob(blob: bytes) -> bytes:
-    """A blob in gzip data encoding (level 1: the data is written once, read many times)."""
-    return gzip.compress(blob, compresslevel=1, mtime=0)
+    """A blob in gzip data encoding (the fastest standard encoder: see `compression`)."""
+    return gzip_compress(blob)
 
 
 def _shard_bytes(
-    spec: ShardingSpec, keys: np.ndarray, minishards: np.ndarray, sizes: np.ndarray, data: bytes
+    spec: ShardingSpec,
+    keys: np.ndarray,
+    minishards: np.ndarray,
+    sizes: np.ndarray,
+    parts: list[bytes],
 ) -> bytes:
-    """One shard file: index, the blobs (already in minishard then key order), minishard tables."""
+    """One shard file: index, the blobs `parts` (in minishard then key order), minishard tables.
+
+    Joined once: a shard is tens of MiB, and every extra concatenation is a copy of it.
+    """
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
     index = np.zeros((1 << spec.minishard_bits, 2), "<u8")
     tables = []
-    position = len(data)
+    position = int(sizes.sum())
     boundaries = np.flatnonzero(np.diff(minishards)) + 1
     for part in np.split(np.arange(len(keys)), boundaries):
         if len(part) == 0:
@@ -249,7 +261,7 @@ def _shard_bytes(
         index[int(minishards[part[0]])] = (position, position + len(encoded))
         position += len(encoded)
         tables.append(encoded)
-    return index.tobytes() + data + b"".join(tables)
+    return b"".join([index.tobytes(), *parts, *tables])
 
 
 def morton_bits(grid_shape: Sequence[int]) -> list[int]:
@@ -283,8 +295,13 @@ def volume_sharding(
     low = 0
     while low < total and chunk_bytes * 2 ** (low + 1) <= max_shard_bytes:
         low += 1
+    return _block_spec(low, total, data_encoding), block_of_low_bits(grid_shape, low)
+
+
+def _block_spec(low: int, total: int, data_encoding: str) -> ShardingSpec:
+    """Identity-hash sharding whose shards are the blocks of the `low` lowest of `total` bits."""
     preshift = min(low, 3)  # up to 8 neighbouring chunks share a minishard table entry run
-    spec = ShardingSpec(
+    return ShardingSpec(
         hash="identity",
         preshift_bits=preshift,
         minishard_bits=low - preshift,
@@ -292,4 +309,60 @@ def volume_sharding(
         minishard_index_encoding="gzip",
         data_encoding=data_encoding,
     )
-    return spec, block_of_low_bits(grid_shape, low)
+
+
+def block_voxels(grid_shape: Sequence[int], chunk_size: Sequence[int], spec: ShardingSpec) -> XYZ:
+    """The voxels (per axis) of one shard's block of chunks, for a spec from `volume_sharding`."""
+    block = block_of_low_bits(grid_shape, spec.preshift_bits + spec.minishard_bits)
+    x, y, z = (b * c for b, c in zip(block, chunk_size))
+    return (x, y, z)
+
+
+def halved_region(
+    region: Sequence[int], size: Sequence[int], next_size: Sequence[int]
+) -> XYZ | None:
+    """A task region of one level as seen at the next (half) level, or None when a task's box
+    there would cut chunks in two (an odd region that does not cover its axis)."""
+    out = []
+    for r, s, n in zip(region, size, next_size):
+        if r >= s:
+            out.append(n)
+        elif r % 2 == 0:
+            out.append(r // 2)
+        else:
+            return None
+    return (out[0], out[1], out[2])
+
+
+def region_is_shard_block(
+    grid_shape: Sequence[int],
+    chunk_size: Sequence[int],
+    size: Sequence[int],
+    region: Sequence[int],
+    spec: ShardingSpec,
+) -> bool:
+    """Whether the tasks of `region` voxels (in a level of `size`) each write one whole shard."""
+    voxels = block_voxels(grid_shape, chunk_size, spec)
+    return all(v == r or (v >= s and r >= s) for v, r, s in zip(voxels, region, size))
+
+
+def nested_sharding(
+    grid_shape: Sequence[int],
+    chunk_size: Sequence[int],
+    size: Sequence[int],
+    region: Sequence[int],
+    *,
+    data_encoding: str,
+) -> ShardingSpec | None:
+    """Sharding whose shards are exactly the `region` blocks (voxels) of this level, or None.
+
+    The task that writes a shard of the finer level holds, downsampled, this region: with these
+    shards it writes this level too, from the same read, instead of a later stage reading the
+    finer level back. Shards get 8 times smaller per level; the count stays that of the finer.
+    """
+    total = len(morton_bits(grid_shape))
+    for low in range(total + 1):
+        spec = _block_spec(low, total, data_encoding)
+        if region_is_shard_block(grid_shape, chunk_size, size, region, spec):
+            return spec
+    return None

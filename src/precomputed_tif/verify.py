@@ -184,5 +184,5 @@ def _compare(store: ChunkStore, source: PlaneSource, level: int, box: Box) -> st
     if np.array_equal(stored, expected):
         return ""
     differ = int(np.count_nonzero(stored != expected))
-    where = "the planes" if level == 1 else f"level {level - 1}"
-    return f"{differ} of {math.prod(box.numpy_shape)} voxels differ from what {where} make"
+    where = "the planes make" if level == 1 else f"level {level - 1} makes"
+    return f"{differ} of {math.prod(box.numpy_shape)} voxels differ from what {where}"

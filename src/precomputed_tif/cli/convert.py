@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         "shards, --format ngff as OME-Zarr 0.5 on zarr v3 with sharding_indexed shards",
     )
     parser.add_argument(
+        "--shard-data-encoding",
+        default="gzip",
+        choices=["gzip", "raw"],
+        help="with --sharded: gzip each raw or compressed_segmentation chunk inside the shards "
+        "(default), or store it raw (larger files, no compression time)",
+    )
+    parser.add_argument(
         "--gzip",
         action="store_true",
         help="gzip raw and compressed_segmentation chunk files (--format precomputed)",
@@ -401,13 +408,17 @@ def _summary(
             sx, sy, sz = pyramid.scale(level).size
             lines.append(
                 f"  {_level_name(pyramid, level):<22} {sx}x{sy}x{sz:<8} "
-                f"{format_size(n_bytes):>10} in {n_files} files"
+                f"{format_size(n_bytes):>10} in {_files(n_files)}"
             )
         lines.append(
-            f"  {'all levels':<22} {'':<14}{format_size(total_bytes):>10} in {total_files} files"
+            f"  {'all levels':<22} {'':<14}{format_size(total_bytes):>10} in {_files(total_files)}"
         )
     lines.append(f"serve and view it: {_serve_command(dest)}")
     return lines
+
+
+def _files(n: int) -> str:
+    return "1 file" if n == 1 else f"{n} files"
 
 
 def _serve_command(dest: str) -> str:
@@ -564,10 +575,17 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             )
         if args.sharded and args.gzip:
             raise PlanError("--gzip is for unsharded files: shards compress their chunks already")
+        if args.shard_data_encoding != "gzip" and not args.sharded:
+            raise PlanError("--shard-data-encoding applies to --sharded output only")
         if args.sharded and args.format == "ngff":
+            if args.shard_data_encoding != "gzip":
+                raise PlanError(
+                    "--shard-data-encoding applies to --format precomputed; ngff shards hold "
+                    "Blosc-zstd chunks"
+                )
             pyramid = pyramid.zarr_sharded(budget.task_bytes)
         elif args.sharded:
-            pyramid = pyramid.sharded(budget.task_bytes)
+            pyramid = pyramid.sharded(budget.task_bytes, args.shard_data_encoding)
         remote = is_remote(args.dest)
         dest = args.dest if remote else os.path.abspath(args.dest)
         if not remote and not args.dry_run:

@@ -74,15 +74,20 @@ def resolve_source(name: str, directory: str, format_name: str | None) -> Source
 
 
 def holds_volume(directory: str) -> bool:
-    """Whether `directory` has the info file of an image volume or an annotation source, or is
-    an OME-Zarr image."""
+    """Whether `directory` has the info file of a Neuroglancer source (image, annotations,
+    meshes, skeletons), or is an OME-Zarr image."""
     if is_ngff(open_writable(directory)):
         return True
     try:
         info = read_info(directory)
     except StoreError:
         return False
-    return "scales" in info or "annotation_type" in info
+    kind = info.get("@type")
+    return (
+        "scales" in info
+        or "annotation_type" in info
+        or (isinstance(kind, str) and kind.startswith("neuroglancer_"))
+    )
 
 
 def detect_served_format(directory: str) -> str:

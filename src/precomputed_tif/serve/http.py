@@ -112,6 +112,8 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:
     if len(parts) > MAX_RANGES:
         return None
     wanted: list[tuple[int, int]] = []
+    if not any(part.strip() for part in parts):
+        return None
     for part in parts:
         if not part.strip():
             continue  # the grammar allows empty list elements
@@ -149,12 +151,6 @@ def _merge_overlapping(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     if len(merged) == len(ranges):
         return ranges  # nothing overlapped: keep the order the client asked for
     return [(a, b) for a, b in merged]
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The range of a single-range ``Range`` header, None for none or several."""
-    ranges = parse_ranges(header, size)
-    return ranges[0] if ranges is not None and len(ranges) == 1 else None
 
 
 @functools.lru_cache(maxsize=4096)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..compression import blosc_encode
 from ..encodings import blosc_frame_is_whole
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
@@ -41,6 +42,7 @@ DIRECTORY_NAME = "precomputed.blockfs"
 VERSION = "1.0.0"
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 1
+BITSHUFFLE = 2  # Blosc's shuffle flag, as the original writes
 BLOSC_MAX_OVERHEAD = 16
 
 
@@ -152,12 +154,8 @@ class BlockDirectory:
 
 def encode_block(data: np.ndarray) -> bytes:
     """The Blosc frame we store for one block: its little-endian voxels, C order."""
-    import numcodecs
-
-    codec = numcodecs.Blosc(
-        cname=COMPRESSION, clevel=COMPRESSION_LEVEL, shuffle=numcodecs.Blosc.BITSHUFFLE
-    )
-    return bytes(codec.encode(np.ascontiguousarray(data, data.dtype.newbyteorder("<"))))
+    little = np.ascontiguousarray(data, data.dtype.newbyteorder("<"))
+    return blosc_encode(little, COMPRESSION, COMPRESSION_LEVEL, BITSHUFFLE)
 
 
 def encode_directory_header(metadata: dict[str, Any]) -> bytes:

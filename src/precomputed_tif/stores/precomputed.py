@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..cache import ByteCache
+from ..compression import gzip_compress
 from ..encodings import decode_chunk, encode_chunk
 from ..errors import StoreError
 from ..geometry import Box
@@ -100,7 +101,7 @@ class PrecomputedStore(ChunkStore):
         blob = self.encode(level, data)
         name = f"{scale.key}/{self.chunk_name(level, box)}"
         if self.gzip_files and scale.encoding in GZIP_ENCODINGS:
-            self.files.write_gzip(name, gzip_module.compress(blob, compresslevel=6, mtime=0))
+            self.files.write_gzip(name, gzip_compress(blob))
         else:
             self.files.write(name, blob)
 
@@ -173,8 +174,8 @@ def gzip_note(dest: str) -> str:
     """Where a ``--gzip`` volume at `dest` can be read from, for the end of a run."""
     if is_remote(dest):
         return (
-            "chunks are stored gzipped with Content-Encoding: gzip metadata: Neuroglancer and "
-            "TensorStore read them straight from the bucket"
+            "chunks are stored gzipped with Content-Encoding: gzip metadata: Neuroglancer, "
+            "TensorStore and CloudVolume read them straight from the bucket"
         )
     return (
         "chunks are stored as name.gz: serve the folder with precomputed-webserver, or nginx "
@@ -189,21 +190,19 @@ class _ShardWriter(TaskWriter):
     def __init__(self, store: PrecomputedStore, level: int) -> None:
         super().__init__(store, level)
         self.precomputed = store
-        self.codes: list[int] = []
+        self.scale = store.pyramid.scale(level)
+        self.spec = ShardingSpec.from_json(self.scale.sharding_json or {})
+        self.cells: list[list[int]] = []
         self.blobs: list[bytes] = []
 
     def write_chunk(self, box: Box, data: np.ndarray) -> None:
-        scale = self.precomputed.pyramid.scale(self.level)
-        index = [a // c for a, c in zip(box.start, scale.chunk_size)]
-        self.codes.append(int(compressed_morton_codes(np.array([index]), scale.grid_shape)[0]))
+        self.cells.append([a // c for a, c in zip(box.start, self.scale.chunk_size)])
         blob = self.precomputed.encode(self.level, data)
-        spec = ShardingSpec.from_json(scale.sharding_json or {})
-        self.blobs.append(encode_blob(blob) if spec.data_encoding == "gzip" else blob)
+        self.blobs.append(encode_blob(blob) if self.spec.data_encoding == "gzip" else blob)
 
     def close(self) -> None:
-        scale = self.precomputed.pyramid.scale(self.level)
-        spec = ShardingSpec.from_json(scale.sharding_json or {})
-        codes = np.array(self.codes, np.uint64)
+        scale, spec = self.scale, self.spec
+        codes = compressed_morton_codes(np.array(self.cells).reshape(-1, 3), scale.grid_shape)
         shards = set(spec.locate(codes)[0].tolist())
         if len(shards) > 1:
             raise StoreError(f"a task of level {self.level} spans shards {sorted(shards)}")
