@@ -574,7 +574,10 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
                 print(f"serve and view it: {_serve_command(dest)}")
             return 0
         except KeyboardInterrupt:
-            interrupted = True  # later presses keep being absorbed while Python exits
+            # later presses are ignored while Python exits: its finalisation puts back the
+            # default for Python-level handlers, and a press then would kill it (status -2)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            interrupted = True
             again = [*command, "--resume"] if "--resume" not in command else command
             print(
                 "precomputed-tif: interrupted; the volume is incomplete. To finish it, run: "
