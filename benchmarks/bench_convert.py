@@ -59,6 +59,9 @@ FORMAT_FLAGS = {
     "blockfs": ["--format", "blockfs"],
     "precomputed": ["--format", "precomputed"],
     "precomputed-sharded": ["--format", "precomputed", "--sharded"],
+    # OME-Zarr; both rows with the same task memory, so their shards and tasks compare
+    "ngff": ["--format", "ngff", "--task-memory", "{ngff_task_memory}"],
+    "ngff-sharded": ["--format", "ngff", "--sharded", "--task-memory", "{ngff_task_memory}"],
     "precomputed-sharded-raw": [
         *("--format", "precomputed", "--sharded", "--shard-data-encoding", "raw"),
     ],
@@ -77,8 +80,12 @@ TS_PEER = {
     "ours-precomputed-sharded-raw": "tensorstore-sharded",
     "tensorstore-sharded": None,
     "tensorstore-sharded-gzip": None,
+    "ours-ngff": "tensorstore-zarr3-sharded",
+    "ours-ngff-sharded": "tensorstore-zarr3-sharded",
+    "tensorstore-zarr3-sharded": None,
 }
 OPT_IN_ROWS = ("tensorstore-sharded-gzip",)
+NGFF_TASK_MEMORY = "128M"
 ROUNDINGS = ("floor", "nearest")
 
 
@@ -171,16 +178,36 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def ngff_shards(size: XYZ, dtype: np.dtype, levels: int, task_memory: str) -> str:
+    """The shard shapes (x,y,z per level, ';'-joined) ours writes with this task memory."""
+    from precomputed_tif import plan_pyramid
+    from precomputed_tif.cli._common import parse_size
+
+    pyramid = plan_pyramid(
+        size, dtype.name, voxel_size_nm=(1000, 1000, 1000), chunk_size=(CHUNK,) * 3, levels=levels
+    ).zarr_sharded(parse_size(task_memory))
+    return ";".join(",".join(map(str, s.shard_size or ())) for s in pyramid.scales)
+
+
 # ---------------------------------------------------------------------------------------------
 # the correctness check
 
 
 def read_chunk(root: Path, level: int, start: XYZ, stop: XYZ, dtype: np.dtype) -> np.ndarray | None:
-    """A chunk of a raw-encoded precomputed output as (z, y, x), sharded or not.
+    """A chunk of a raw-encoded precomputed output as (z, y, x), sharded or not, or of an
+    OME-Zarr output (5-D, t and c of size 1; read through TensorStore).
 
     The scale is the level-th one listed in the info (keys differ between writers). Unsharded:
     the chunk file itself. Sharded: read through TensorStore (which also checks the sharding).
     """
+    if (root / "zarr.json").exists() or (root / ".zattrs").exists():
+        import tensorstore as ts
+
+        driver = "zarr3" if (root / "zarr.json").exists() else "zarr"
+        spec = {"driver": driver, "kvstore": {"driver": "file", "path": f"{root}/{level - 1}/"}}
+        array = ts.open(spec, read=True).result()
+        region = array[0, 0, start[2] : stop[2], start[1] : stop[1], start[0] : stop[0]]
+        return np.asarray(region.read().result())
     info = json.loads((root / "info").read_text())
     scale = info["scales"][level - 1]
     if "sharding" not in scale:
@@ -390,6 +417,14 @@ def main() -> None:
     recipe("tensorstore-sharded", "recipe_tensorstore.py", ("tensorstore",), [*sharded, "raw"])
     ts_gzip = [*sharded, "gzip"]
     recipe("tensorstore-sharded-gzip", "recipe_tensorstore.py", ("tensorstore",), ts_gzip)
+    if any(f.startswith("ngff") for f in formats):
+        shards = ngff_shards(size, dtype, levels, NGFF_TASK_MEMORY)
+        recipe(
+            "tensorstore-zarr3-sharded",
+            "recipe_tensorstore_zarr3.py",
+            ("tensorstore", "precomputed_tif"),
+            [*lv, "--shards", shards],
+        )
     recipe("cloudvolume", "recipe_cloudvolume.py", ("cloudvolume", "tinybrain"), lv)
     recipe("floor", "recipe_floor.py", (), lv)
 
@@ -401,9 +436,9 @@ def main() -> None:
             contenders.append(Contender(name, None, ours_note, fmt=f))
             continue
         out = outroot / name
-        flags = FORMAT_FLAGS[f]
+        flags = [v.replace("{ngff_task_memory}", NGFF_TASK_MEMORY) for v in FORMAT_FLAGS[f]]
         argv = [*ours_cmd, "--source", pattern, "--dest", str(out), *flags, *lv, *cores]
-        check = f.startswith("precomputed")  # the same files as the peers': check them too
+        check = f.startswith(("precomputed", "ngff"))  # the same data as the peers': check them
         contenders.append(Contender(name, argv, out=out, fmt=f, check=check))
     if a.original:
         exe = Path(a.original) / "precomputed-tif"

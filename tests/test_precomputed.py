@@ -372,6 +372,19 @@ def test_cloudvolume_reads_our_output(tmp_path, encoding, dtype, segmentation, s
 
 
 @pytest.mark.filterwarnings("ignore")
+def test_cloudvolume_reads_a_gzip_folder(tmp_path):
+    """name.gz files are CloudVolume's own convention for folders: it reads them directly."""
+    cloudvolume = pytest.importorskip("cloudvolume")
+    stack, dest, levels = _make(tmp_path, "compressed_segmentation", "uint32", True, True)
+    expected = reference_pyramid(stack, levels, True)
+    assert all(n.endswith(".gz") for n in os.listdir(os.path.join(dest, "1_1_1")))
+    for level in range(levels):
+        vol = cloudvolume.CloudVolume("file://" + dest, mip=level, progress=False)
+        got = np.asarray(vol[:, :, :])[..., 0].transpose(2, 1, 0)
+        np.testing.assert_array_equal(got, expected[level])
+
+
+@pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize(
     "encoding, dtype, compress",
     [

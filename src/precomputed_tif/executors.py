@@ -6,11 +6,15 @@ Anything implementing `concurrent.futures.Executor` works (a Dask cluster's
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
+
+from .errors import RESUME_HINT, IncompleteRunError
 
 T = TypeVar("T")
 
@@ -28,7 +32,13 @@ class SerialExecutor(Executor):
 
 
 def process_pool(n_workers: int) -> ProcessPoolExecutor:
-    """A pool of `n_workers` processes; forkserver on Linux (fork is unsafe with threads)."""
+    """A pool of `n_workers` processes; forkserver on Linux (fork is unsafe with threads).
+
+    Workers ignore Ctrl-C (the terminal sends it to the whole process group): the driver alone
+    decides what an interrupt means. Leaving the pool on an exception stops the workers at once
+    instead of waiting for their tasks, which is safe because a task that did not report back
+    is not recorded as done and runs again on resume.
+    """
     if sys.platform.startswith("linux"):
         context = multiprocessing.get_context("forkserver")
         # imported once in the server, inherited by every worker it forks
@@ -37,7 +47,33 @@ def process_pool(n_workers: int) -> ProcessPoolExecutor:
         )
     else:
         context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=n_workers, mp_context=context)
+    return _StoppablePool(max_workers=n_workers, mp_context=context, initializer=_ignore_sigint)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _StoppablePool(ProcessPoolExecutor):
+    """A process pool that, left because of an error or Ctrl-C, stops its workers at once."""
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        if exc_type is None:
+            return super().__exit__(exc_type, exc, tb)
+        self.stop()
+        return None
+
+    def stop(self) -> None:
+        """Cancel queued tasks and end the workers now (running tasks are lost, not recorded)."""
+        processes = list((getattr(self, "_processes", None) or {}).values())
+        self.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
 
 
 class DaskExecutor:
@@ -62,17 +98,24 @@ class DaskExecutor:
                 "Dask options need the distributed package: pip install 'precomputed-tif[dask]'"
             ) from exc
         self.cluster = None
-        if scheduler is None:
-            self.cluster = LocalCluster(
-                n_workers=n_workers or 1,
-                threads_per_worker=1,
-                processes=True,
-                memory_limit=memory_per_worker or "auto",
-                dashboard_address=":0",  # any free port: 8787 may be taken by another run
-            )
-            self.client = Client(self.cluster)
-        else:
-            self.client = Client(scheduler)
+        try:
+            if scheduler is None:
+                self.cluster = LocalCluster(
+                    n_workers=n_workers or 1,
+                    threads_per_worker=1,
+                    processes=True,
+                    memory_limit=memory_per_worker or "auto",
+                    dashboard_address=":0",  # any free port: 8787 may be taken by another run
+                )
+                self.client = Client(self.cluster)
+            else:
+                self.client = Client(scheduler)
+        except (OSError, RuntimeError, TimeoutError) as exc:  # a worker died, no scheduler
+            if self.cluster is not None:
+                with contextlib.suppress(Exception):
+                    self.cluster.close()
+            where = "a local Dask cluster" if scheduler is None else f"Dask at {scheduler!r}"
+            raise IncompleteRunError(f"cannot start {where} ({exc}); {RESUME_HINT}") from exc
         self.executor = self.client.get_executor(pure=False)
 
     @property
@@ -94,6 +137,9 @@ class DaskExecutor:
         return self.executor
 
     def __exit__(self, *exc: object) -> None:
-        self.client.close()
+        # a cluster that lost workers may fail to close cleanly: that must not hide the result
+        with contextlib.suppress(Exception):
+            self.client.close()
         if self.cluster is not None:
-            self.cluster.close()
+            with contextlib.suppress(Exception):
+                self.cluster.close()

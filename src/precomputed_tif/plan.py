@@ -90,17 +90,26 @@ def count_tasks(pyramid: Pyramid, stage: Stage) -> int:
 
 
 def plan_stages(
-    pyramid: Pyramid, *, task_budget_bytes: int, n_workers: int, read_overhead: int = 0
+    pyramid: Pyramid,
+    *,
+    task_budget_bytes: int,
+    n_workers: int,
+    read_overhead: int = 0,
+    levels: range | None = None,
 ) -> tuple[Stage, ...]:
-    """Stages covering every level, each task within `task_budget_bytes`."""
+    """Stages covering every level (or only `levels`), each task within `task_budget_bytes`."""
+    levels = levels if levels is not None else range(1, pyramid.n_levels + 1)
     stages = []
-    first = 1
-    while first <= pyramid.n_levels:
+    first = levels.start
+    while first < levels.stop:
         overhead = read_overhead if first == 1 else 0
-        chosen = _choose_stage(pyramid, first, task_budget_bytes, n_workers, overhead, cut_x=False)
+        last = levels.stop - 1
+        chosen = _choose_stage(
+            pyramid, first, last, task_budget_bytes, n_workers, overhead, cut_x=False
+        )
         if chosen is None:
             chosen = _choose_stage(
-                pyramid, first, task_budget_bytes, n_workers, overhead, cut_x=True
+                pyramid, first, last, task_budget_bytes, n_workers, overhead, cut_x=True
             )
         if chosen is None:
             need = task_bytes(pyramid, first, pyramid.scale(first).chunk_size, read_overhead)
@@ -138,16 +147,27 @@ def _shard_block_stage(pyramid: Pyramid, level: int) -> Stage:
 
 
 def _choose_stage(
-    pyramid: Pyramid, first: int, budget: int, n_workers: int, overhead: int, *, cut_x: bool
+    pyramid: Pyramid,
+    first: int,
+    last: int,
+    budget: int,
+    n_workers: int,
+    overhead: int,
+    *,
+    cut_x: bool,
 ) -> Stage | None:
-    """The deepest stage from `first` that fits `budget` and still keeps every worker busy."""
+    """The deepest stage from `first` (up to `last`) that fits `budget` and keeps every
+    worker busy."""
     if pyramid.scale(first).sharding is not None:
         return _shard_block_stage(pyramid, first)
+    shard_size = pyramid.scale(first).shard_size
+    if shard_size is not None:
+        return Stage(first, first, shard_size)  # a zarr shard is written whole by one task
     shallow = _region_for(pyramid, first, 1, budget, overhead, cut_x=cut_x)
     if shallow is None:
         return None
     shallow_tasks = count_tasks(pyramid, Stage(first, first, shallow))
-    for depth in range(pyramid.n_levels - first + 1, 1, -1):
+    for depth in range(last - first + 1, 1, -1):
         region = _region_for(pyramid, first, depth, budget, overhead, cut_x=cut_x)
         if region is None:
             continue
@@ -157,18 +177,29 @@ def _choose_stage(
     return Stage(first, first, shallow)
 
 
-def stage_tasks(
-    pyramid: Pyramid, stage: Stage, store: ChunkStore, source: PlaneSource
-) -> list[Task]:
-    """The tasks of `stage`, z-major so consecutive tasks read consecutive planes."""
+def stage_boxes(pyramid: Pyramid, stage: Stage) -> list[Box]:
+    """The boxes (of level ``stage.first``) of the stage's tasks, in task order: z-major, so
+    consecutive tasks read consecutive planes."""
     size = pyramid.scale(stage.first).size
     rx, ry, rz = stage.region
-    tasks = []
     starts = itertools.product(range(0, size[2], rz), range(0, size[1], ry), range(0, size[0], rx))
-    for index, (z, y, x) in enumerate(starts):
-        box = Box((x, y, z), (min(x + rx, size[0]), min(y + ry, size[1]), min(z + rz, size[2])))
+    return [
+        Box((x, y, z), (min(x + rx, size[0]), min(y + ry, size[1]), min(z + rz, size[2])))
+        for z, y, x in starts
+    ]
+
+
+def stage_tasks(
+    pyramid: Pyramid, stage: Stage, store: ChunkStore, source: PlaneSource | None
+) -> list[Task]:
+    """The tasks of `stage`, in the order of `stage_boxes` (`source` is read by stages that
+    start at level 1 only)."""
+    tasks = []
+    for index, box in enumerate(stage_boxes(pyramid, stage)):
         if stage.first == 1:
-            tasks.append(Task(index, stage, box, store, source.sub_stack(z, box.stop[2]), z))
+            assert source is not None, "level 1 is made from a source"
+            z0, z1 = box.start[2], box.stop[2]
+            tasks.append(Task(index, stage, box, store, source.sub_stack(z0, z1), z0))
         else:
             tasks.append(Task(index, stage, box, store, None))
     return tasks
@@ -210,6 +241,8 @@ def level_plans(pyramid: Pyramid, format_name: str) -> list[LevelPlan]:
             files = _shard_files(
                 scale.grid_shape, ShardingSpec.from_json(scale.sharding_json or {})
             )
+        elif scale.shard_size is not None:
+            files = math.prod(-(-s // b) for s, b in zip(scale.size, scale.shard_size))
         else:
             files = scale.n_chunks
         plans.append(LevelPlan(level, scale.key, scale.size, scale.n_chunks, files, raw))

@@ -2,6 +2,9 @@
 
 `run_task` is a top-level function of picklable arguments, so a process pool or a Dask cluster
 runs it unchanged. It writes chunks and nothing else; recording progress is the driver's job.
+Every level is computed from exact voxels: when a stage's last level is stored lossily (jpeg), the
+task also keeps a lossless copy of it in the run state for the next stage to read, so the output
+never depends on how the run was cut into stages.
 """
 
 from __future__ import annotations
@@ -11,12 +14,29 @@ from dataclasses import dataclass
 from .downsample import downsample
 from .geometry import Box
 from .plan import Task
+from .pyramid import Pyramid
+from .stores import ChunkStore
+from .stores.base import STATE_DIR
+from .stores.zarr_v2 import ZarrStore
+
+LOSSY_ENCODINGS = ("jpeg",)
+EXACT_DIR = "exact"
 
 
 @dataclass(frozen=True)
 class TaskResult:
     index: int
     voxels_per_level: dict[int, int]
+
+
+def needs_exact_copy(pyramid: Pyramid, level: int) -> bool:
+    """Whether a coarser level is made from `level`, whose stored voxels are not exact."""
+    return level < pyramid.n_levels and pyramid.scale(level).encoding in LOSSY_ENCODINGS
+
+
+def exact_copy(store: ChunkStore) -> ChunkStore:
+    """Lossless copies of lossily stored levels, kept in the run state until the run ends."""
+    return ZarrStore(f"{store.path.rstrip('/')}/{STATE_DIR}/{EXACT_DIR}", store.pyramid)
 
 
 def run_task(task: Task) -> TaskResult:
@@ -35,8 +55,9 @@ def run_task(task: Task) -> TaskResult:
         data = task.source.read(local)
     else:
         finer = pyramid.scale(stage.first - 1)
+        exact = exact_copy(store) if needs_exact_copy(pyramid, stage.first - 1) else store
         data = downsample(
-            store.read_region(stage.first - 1, box.scaled_up(2, finer.size)),
+            exact.read_region(stage.first - 1, box.scaled_up(2, finer.size)),
             segmentation=segmentation,
         )
     written = {}
@@ -44,8 +65,12 @@ def run_task(task: Task) -> TaskResult:
         if level != stage.first:
             data = downsample(data, segmentation=segmentation)
             box = box.scaled_down(2, pyramid.scale(level).size)
-        writer = store.task_writer(level, task.index)
-        writer.write_region(box, data)
-        writer.close()
+        targets = [store]
+        if level == stage.last and needs_exact_copy(pyramid, level):
+            targets.append(exact_copy(store))
+        for target in targets:
+            writer = target.task_writer(level, task.index)
+            writer.write_region(box, data)
+            writer.close()
         written[level] = box.voxels
     return TaskResult(task.index, written)

@@ -9,6 +9,7 @@ reorder, threshold or rescale voxels.
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ from .pyramid import SUPPORTED_DTYPES
 log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+ORDERS = ("natural", "alphabetical")
 
 
 class PlaneSource(Protocol):
@@ -102,13 +104,17 @@ class ShapeSource:
 
 @dataclass(frozen=True)
 class TiffPlanesSource:
-    """One 2D TIFF per plane, in the order given (the CLI sorts names alphabetically)."""
+    """One 2D TIFF per plane, in the order given (`open_source` sorts the names).
+
+    `stamps` says what each file was when opened (see `PlaneStamp`); task records leave it out.
+    """
 
     paths: tuple[str, ...]
     plane_shape: tuple[int, int]
     data_type: str
     decode_threads: int = 2
     segment_bytes: int = 0
+    stamps: tuple[PlaneStamp, ...] = ()
 
     @property
     def size(self) -> XYZ:
@@ -123,7 +129,7 @@ class TiffPlanesSource:
         return self.segment_bytes * max(1, self.decode_threads)
 
     def sub_stack(self, z0: int, z1: int) -> TiffPlanesSource:
-        return replace(self, paths=self.paths[z0:z1])
+        return replace(self, paths=self.paths[z0:z1], stamps=())
 
     def read(self, box: Box) -> np.ndarray:
         out = np.empty(box.numpy_shape, self.dtype)
@@ -149,6 +155,7 @@ class MultiPageTiffSource:
     path: str
     stack_shape: tuple[int, int, int]
     data_type: str
+    stamps: tuple[PlaneStamp, ...] = ()
 
     @property
     def size(self) -> XYZ:
@@ -214,6 +221,47 @@ class _PageRange:
 
     def sub_stack(self, z0: int, z1: int) -> PlaneSource:
         return _PageRange(self.whole, self.z0 + z0, self.z0 + z1)
+
+
+@dataclass(frozen=True)
+class PlaneStamp:
+    """What a plane file was when the run began, to notice a file changed before ``--resume``.
+
+    `version` is the modification time in ns (an object store's ETag digest); `sample` a digest of
+    a few KiB of content, taken only where times are too coarse to trust (whole seconds).
+    """
+
+    name: str
+    size: int
+    version: int
+    sample: str = ""
+
+    def to_json(self) -> list[Any]:
+        return [self.name, self.size, self.version, self.sample]
+
+
+SAMPLE_BYTES = 4096
+
+
+def _stamp(path: str) -> PlaneStamp:
+    """The plane's stamp: one stat (one HEAD request in an object store), and a content sample
+    when the file system keeps times in whole seconds."""
+    name = os.path.basename(path)
+    if is_remote(path):
+        found = _remote_location(path).stamp("")
+        if found is None:
+            raise SourceError(f"plane {path!r} does not exist")
+        return PlaneStamp(name, found[1], found[0])
+    stat = os.stat(path)
+    sample = ""
+    if stat.st_mtime_ns % 10**9 == 0:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for where in (0, stat.st_size // 2, max(0, stat.st_size - SAMPLE_BYTES)):
+                f.seek(where)
+                digest.update(f.read(SAMPLE_BYTES))
+        sample = digest.hexdigest()[:32]
+    return PlaneStamp(name, stat.st_size, stat.st_mtime_ns, sample)
 
 
 def file_size(path: str) -> int:
@@ -319,12 +367,13 @@ class _PlaneHeader:
     samples: int
     pages: int
     segment_bytes: int
+    stamp: PlaneStamp
 
 
 def _read_header(path: str) -> _PlaneHeader:
-
     try:
-        size = file_size(path)
+        stamp = _stamp(path)
+        size = stamp.size
         with _tiff(path) as tif:
             page = tif.pages.first
             ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
@@ -341,6 +390,7 @@ def _read_header(path: str) -> _PlaneHeader:
                 segment_bytes=0
                 if page.is_contiguous and page.compression == 1
                 else int(np.prod(page.chunks)) * np.dtype(page.dtype).itemsize,
+                stamp=stamp,
             )
     except SourceError:
         raise
@@ -362,34 +412,63 @@ def _check_plane(path: str, header: _PlaneHeader) -> None:
         )
 
 
-def open_source(source: str, *, decode_threads: int = 2) -> PlaneSource:
+def open_source(source: str, *, decode_threads: int = 2, order: str = "natural") -> PlaneSource:
     """Open `source`: a glob of TIFF planes, a folder of them, or one multi-page TIFF.
 
-    Every plane's header is checked; raises `SourceError` naming the first bad file.
+    Planes are taken in `order`: ``natural`` compares the numbers in names as numbers
+    (``img_2`` before ``img_10``; the same as alphabetical for zero-padded names),
+    ``alphabetical`` compares characters, as the original tool did. Every plane's header is
+    checked; raises `SourceError` naming the first bad file.
     """
+    if order not in ORDERS:
+        raise SourceError(f"order {order!r} is not one of {', '.join(ORDERS)}")
     if is_remote(source):
-        return _open_planes(_remote_planes(source), decode_threads=decode_threads)
-    if os.path.isdir(source):
-        paths = sorted(
+        paths = _remote_planes(source)
+    elif os.path.isdir(source):
+        paths = [
             os.path.join(source, name)
             for name in os.listdir(source)
             if name.lower().endswith(TIFF_SUFFIXES)
-        )
+        ]
         if not paths:
             raise SourceError(f"folder {source!r} holds no .tif or .tiff files")
     elif os.path.isfile(source) and not glob.has_magic(source):
         return _open_multipage(source)
     else:
-        paths = sorted(p for p in glob.glob(source) if os.path.isfile(p))
+        paths = [p for p in glob.glob(source) if os.path.isfile(p)]
         if not paths:
             raise SourceError(f"--source {source!r} matches no files")
         if len(paths) == 1:
             return _open_multipage(paths[0])
+    paths = sort_planes(paths, order)
+    _log_order(paths, order)
     return _open_planes(paths, decode_threads=decode_threads)
 
 
+def sort_planes(paths: Sequence[str], order: str = "natural") -> list[str]:
+    """`paths` in `order` (``natural`` or ``alphabetical``, see `open_source`)."""
+    if order == "alphabetical":
+        return sorted(paths)
+    return sorted(paths, key=_natural_key)
+
+
+def _natural_key(path: str) -> tuple[tuple[Any, ...], str]:
+    # re.split with a group puts text at even and digit runs at odd places, so the tuples
+    # compare str with str and int with int; the name itself breaks ties (img_01 vs img_1)
+    parts = _NUMBER.split(path)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), path
+
+
+def _log_order(paths: Sequence[str], order: str) -> None:
+    names = [os.path.basename(p) for p in paths]
+    shown = ", ".join(names) if len(names) <= 6 else ", ".join(names[:3] + ["..."] + names[-3:])
+    log.info("%d planes in %s order: %s", len(names), order, shown)
+    if order == "alphabetical":
+        warn_if_unpadded_numbers(paths)
+
+
 def _remote_planes(source: str) -> list[str]:
-    """The planes of a glob or folder in an object store, as URLs, sorted by name."""
+    """The planes of a glob or folder in an object store, as URLs (not yet sorted)."""
     location = _remote_location(source)
     fs, root = location.fs, location.root
     try:
@@ -401,11 +480,10 @@ def _remote_planes(source: str) -> list[str]:
         raise SourceError(f"cannot list --source {source!r}: {exc}") from exc
     if not found:
         raise SourceError(f"--source {source!r} matches no files")
-    return sorted(fs.unstrip_protocol(p) for p in found)
+    return [fs.unstrip_protocol(p) for p in found]
 
 
 def _open_planes(paths: Sequence[str], *, decode_threads: int) -> TiffPlanesSource:
-    warn_if_unpadded_numbers(paths)
     with ThreadPoolExecutor(8) as pool:
         headers = list(pool.map(_read_header, paths))
     first_path, first = paths[0], headers[0]
@@ -424,7 +502,8 @@ def _open_planes(paths: Sequence[str], *, decode_threads: int) -> TiffPlanesSour
             )
     shape = (int(first.shape[0]), int(first.shape[1]))
     segment_bytes = max(h.segment_bytes for h in headers)
-    return TiffPlanesSource(tuple(paths), shape, first.dtype, decode_threads, segment_bytes)
+    stamps = tuple(h.stamp for h in headers)
+    return TiffPlanesSource(tuple(paths), shape, first.dtype, decode_threads, segment_bytes, stamps)
 
 
 def _open_multipage(path: str) -> PlaneSource:
@@ -434,7 +513,12 @@ def _open_multipage(path: str) -> PlaneSource:
     if header.pages == 1:
         _check_plane(path, header)
         return TiffPlanesSource(
-            (path,), (header.shape[0], header.shape[1]), header.dtype, 1, header.segment_bytes
+            (path,),
+            (header.shape[0], header.shape[1]),
+            header.dtype,
+            1,
+            header.segment_bytes,
+            (header.stamp,),
         )
     try:
         with tifffile.TiffFile(path) as tif:
@@ -457,7 +541,7 @@ def _open_multipage(path: str) -> PlaneSource:
             f"expected one of {', '.join(SUPPORTED_DTYPES)}"
         )
     z, y, x = (s for _, s in kept)
-    return MultiPageTiffSource(path, (z, y, x), dtype)
+    return MultiPageTiffSource(path, (z, y, x), dtype, (header.stamp,))
 
 
 _NUMBER = re.compile(r"(\d+)")
@@ -474,8 +558,8 @@ def warn_if_unpadded_numbers(paths: Sequence[str]) -> None:
     for before, after, path_a, path_b in zip(numbered, numbered[1:], paths, paths[1:]):
         if after < before:
             log.warning(
-                "plane names look numbered without zero padding: %r sorts before %r; "
-                "planes are taken in alphabetical order",
+                "plane names look numbered without zero padding: %r sorts before %r in "
+                "--order alphabetical; --order natural takes them by number",
                 os.path.basename(path_a),
                 os.path.basename(path_b),
             )

@@ -15,12 +15,15 @@ file when the absolute paths recorded in it no longer exist (a moved dataset).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import shutil
 import struct
+import tempfile
 import threading
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..compression import blosc_encode
+from ..encodings import blosc_frame_is_whole
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
 from ..locations import write_atomically
@@ -77,6 +81,8 @@ class BlockDirectory:
     offsets: np.ndarray
     sizes: np.ndarray
     block_files: tuple[str, ...]
+    # CRC-32 of each stored block, when the volume was written by us (see `checksum_path`)
+    crcs: np.ndarray | None = field(default=None, compare=False, repr=False)
     files: _OpenFiles = field(default_factory=_OpenFiles, compare=False, repr=False)
 
     @property
@@ -127,7 +133,11 @@ class BlockDirectory:
         try:
             frame = self.files.read(path, int(self.offsets[i]), size)
             if len(frame) != size:
-                raise StoreError(f"block file {path!r} is truncated")
+                raise StoreError(f"block {i} ends past the end of {path!r} (truncated)")
+            if self.crcs is not None and zlib.crc32(frame) != int(self.crcs[i]):
+                raise StoreError(f"block {i} in {path!r} is damaged: its checksum differs")
+            if not blosc_frame_is_whole(frame):
+                raise StoreError(f"block {i} in {path!r} is damaged: its Blosc frame is cut short")
             raw = numcodecs.blosc.decompress(frame)
         except OSError as exc:
             raise StoreError(f"cannot read block {i} from {path!r}: {exc}") from exc
@@ -140,6 +150,12 @@ class BlockDirectory:
         if len(raw) != math.prod(shape) * dtype.itemsize:
             raise StoreError(f"block {i} in {path!r} holds {len(raw)} bytes; expected {shape}")
         return raw
+
+
+def encode_block(data: np.ndarray) -> bytes:
+    """The Blosc frame we store for one block: its little-endian voxels, C order."""
+    little = np.ascontiguousarray(data, data.dtype.newbyteorder("<"))
+    return blosc_encode(little, COMPRESSION, COMPRESSION_LEVEL, BITSHUFFLE)
 
 
 def encode_directory_header(metadata: dict[str, Any]) -> bytes:
@@ -158,6 +174,33 @@ def encode_entries(offsets: np.ndarray, sizes: np.ndarray, metadata: dict[str, A
     )
     as_bytes = values.astype("<u8").view(np.uint8).reshape(-1, 8)
     return np.ascontiguousarray(as_bytes[:, :width]).tobytes()
+
+
+def checksum_path(directory_path: str) -> str:
+    """Where the CRC-32 of every block of a level we wrote is kept: in the run state, beside the
+    volume, so the blockfs files stay as the original reader expects them."""
+    level = os.path.dirname(os.path.abspath(directory_path))
+    return os.path.join(
+        os.path.dirname(level), STATE_DIR, "checksums", os.path.basename(level) + ".crc32"
+    )
+
+
+def _check_entries(
+    block_file: str, offsets: np.ndarray, sizes: np.ndarray, length: int, level: int
+) -> None:
+    """Refuse to finish a level with a block never written or an entry past its file's end."""
+    missing = np.flatnonzero(sizes == 0)
+    if len(missing):
+        raise StoreError(
+            f"level {level}: {len(missing)} of {len(sizes)} blocks were never written "
+            f"(first: block {int(missing[0])})"
+        )
+    ends = offsets + sizes
+    if len(ends) and int(ends.max()) > length:
+        outside = int(np.count_nonzero(ends > np.uint64(length)))
+        raise StoreError(
+            f"level {level}: {outside} blocks end past the {length} bytes of {block_file!r}"
+        )
 
 
 def parse_directory(path: str) -> BlockDirectory:
@@ -190,48 +233,119 @@ def parse_directory(path: str) -> BlockDirectory:
         else os.path.join(beside, os.path.basename(name))
         for name in names
     )
-    return BlockDirectory(path, metadata, offsets, sizes, files)
+    return BlockDirectory(path, metadata, offsets, sizes, files, _read_checksums(path, count))
+
+
+def _read_checksums(directory_path: str, count: int) -> np.ndarray | None:
+    try:
+        with open(checksum_path(directory_path), "rb") as f:
+            crcs = np.frombuffer(f.read(), "<u4")
+    except OSError:
+        return None
+    return crcs if len(crcs) == count else None  # not for this directory: ignore it
 
 
 @lru_cache(maxsize=32)
-def _cached_directory(path: str, mtime_ns: int, size: int) -> BlockDirectory:
+def _cached_directory(path: str, stamp: tuple[int, ...]) -> BlockDirectory:
     return parse_directory(path)
 
 
 def open_directory(path: str) -> BlockDirectory:
-    """Parse a directory file once per process, again only when it changes on disk."""
+    """Parse a directory file once per process, again only when it (or its checksums) change."""
     try:
         stat = os.stat(path)
     except OSError as exc:
         raise StoreError(f"blockfs directory {path!r} is missing") from exc
-    return _cached_directory(path, stat.st_mtime_ns, stat.st_size)
+    try:
+        crc = os.stat(checksum_path(path))
+        crc_stamp: tuple[int, ...] = (crc.st_mtime_ns, crc.st_size)
+    except OSError:
+        crc_stamp = ()
+    return _cached_directory(path, (stat.st_mtime_ns, stat.st_size, *crc_stamp))
+
+
+PART_MAGIC = b"PTPART1\0"
+# a part file ends with its table (block, offset, size, crc32 per block, as little-endian int64),
+# the table's row count, the blocks' length, their sha256 and PART_MAGIC
+_TRAILER = struct.Struct("<QQ32s8s")
+
+
+class PartDamagedError(StoreError):
+    """A task's part file is missing or does not match its own checksum: run the task again."""
 
 
 class _PartWriter(TaskWriter):
-    """Appends one task's compressed blocks to its private part file."""
+    """Writes one task's compressed blocks to a part file under a name of its own, renamed into
+    place when whole: a rerun of the same task (a Dask worker lost after it finished) can never
+    truncate a part the driver is copying, and a part file that exists is complete."""
 
     def __init__(self, store: BlockfsStore, level: int, task_index: int) -> None:
         super().__init__(store, level)
         self.store_: BlockfsStore = store
-        self.task_index = task_index
-        self.data_path, self.index_path = store.part_paths(level, task_index)
-        os.makedirs(os.path.dirname(self.data_path), exist_ok=True)
-        self.file = open(self.data_path, "wb")
-        self.entries: list[tuple[int, int, int]] = []
+        self.path = store.part_path(level, task_index)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(
+            dir=os.path.dirname(self.path), prefix=".tmp-", suffix="-" + os.path.basename(self.path)
+        )
+        self.file = os.fdopen(fd, "wb")
+        self.digest = hashlib.sha256()
+        self.entries: list[tuple[int, int, int, int]] = []
 
     def write_chunk(self, box: Box, data: np.ndarray) -> None:
-        little = np.ascontiguousarray(data, data.dtype.newbyteorder("<"))
-        frame = blosc_encode(little, COMPRESSION, COMPRESSION_LEVEL, BITSHUFFLE)
+        frame = encode_block(data)
         block = self.store_.block_index(self.level, box)
-        self.entries.append((block, self.file.tell(), len(frame)))
+        self.entries.append((block, self.file.tell(), len(frame), zlib.crc32(frame)))
         self.file.write(frame)
+        self.digest.update(frame)
 
     def close(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        index = np.array(self.entries, np.int64).reshape(-1, 3)
-        write_atomically(self.index_path, index.astype("<i8").tobytes())
+        try:
+            length = self.file.tell()
+            table = np.array(self.entries, np.int64).reshape(-1, 4)
+            self.file.write(table.astype("<i8").tobytes())
+            self.file.write(_TRAILER.pack(len(table), length, self.digest.digest(), PART_MAGIC))
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+            raise
+
+
+def _read_part_table(part: Any, path: str) -> tuple[np.ndarray, int, bytes]:
+    """The (block, offset, size, crc32) rows of an open part file, its blocks' length and sha256."""
+    try:
+        end = part.seek(0, os.SEEK_END)
+        if end < _TRAILER.size:
+            raise PartDamagedError(f"part file {path!r} is truncated")
+        part.seek(end - _TRAILER.size)
+        rows, length, digest, magic = _TRAILER.unpack(part.read(_TRAILER.size))
+        if magic != PART_MAGIC or length + rows * 32 + _TRAILER.size != end:
+            raise PartDamagedError(f"part file {path!r} is damaged")
+        part.seek(length)
+        table = np.frombuffer(part.read(rows * 32), "<i8").reshape(-1, 4)
+    except OSError as exc:
+        raise PartDamagedError(f"cannot read part file {path!r}: {exc}") from exc
+    return table, length, digest
+
+
+def _copy_verified(part: Any, out: Any, length: int, digest: bytes, name: str) -> None:
+    """Copy the `length` block bytes of an open part file to `out`, checking their sha256."""
+    check = hashlib.sha256()
+    part.seek(0)
+    left = length
+    while left:
+        piece = part.read(min(left, 16 << 20))
+        if not piece:
+            break
+        check.update(piece)
+        out.write(piece)
+        left -= len(piece)
+    if left or check.digest() != digest:
+        raise PartDamagedError(f"part file {name!r} does not match its checksum")
 
 
 class BlockfsStore(ChunkStore):
@@ -244,12 +358,14 @@ class BlockfsStore(ChunkStore):
     def block_file_path(self, level: int) -> str:
         return os.path.abspath(self.directory_path(level)) + ".0"
 
-    def _state_path(self, level: int) -> str:
+    def state_path(self, level: int) -> str:
         return os.path.join(self.path, STATE_DIR, "blockfs", self.pyramid.scale(level).key)
 
-    def part_paths(self, level: int, task_index: int) -> tuple[str, str]:
-        base = os.path.join(self._state_path(level), f"part-{task_index:08d}")
-        return base + ".blocks", base + ".index"
+    def part_path(self, level: int, task_index: int) -> str:
+        return os.path.join(self.state_path(level), f"part-{task_index:08d}.blocks")
+
+    def _index_path(self, level: int, task_index: int) -> str:
+        return os.path.join(self.state_path(level), f"part-{task_index:08d}.index")
 
     def block_index(self, level: int, box: Box) -> int:
         scale = self.pyramid.scale(level)
@@ -286,7 +402,8 @@ class BlockfsStore(ChunkStore):
     # --- writing -----------------------------------------------------------------------
     def prepare_level(self, level: int) -> None:
         super().prepare_level(level)
-        os.makedirs(self._state_path(level), exist_ok=True)
+        os.makedirs(self.state_path(level), exist_ok=True)
+        os.makedirs(os.path.dirname(checksum_path(self.directory_path(level))), exist_ok=True)
 
     def task_writer(self, level: int, task_index: int) -> TaskWriter:
         return _PartWriter(self, level, task_index)
@@ -295,7 +412,7 @@ class BlockfsStore(ChunkStore):
         raise StoreError("blockfs chunks are written through a task writer")
 
     def _commit_log(self, level: int) -> dict[str, Any]:
-        path = os.path.join(self._state_path(level), "commits.json")
+        path = os.path.join(self.state_path(level), "commits.json")
         try:
             with open(path, "rb") as f:
                 return json.loads(f.read())
@@ -303,43 +420,167 @@ class BlockfsStore(ChunkStore):
             return {"bases": [], "length": 0}
 
     def commit_task(self, level: int, task_index: int) -> None:
+        """Append the task's part to the level's block file, checking it against its checksum.
+
+        Raises `PartDamagedError` when the part is missing or damaged (the task must run again).
+        """
         log = self._commit_log(level)
         if task_index < len(log["bases"]):
             return  # committed before an interruption
         if task_index != len(log["bases"]):
             raise StoreError(f"blockfs task {task_index} committed out of order")
-        data_path, _ = self.part_paths(level, task_index)
+        path = self.part_path(level, task_index)
+        try:
+            part = open(path, "rb")
+        except FileNotFoundError:
+            raise PartDamagedError(f"part file {path!r} is missing") from None
+        base = int(log["length"])
         target = self.block_file_path(level)
-        mode = "r+b" if os.path.exists(target) else "wb"
-        with open(target, mode) as out, open(data_path, "rb") as part:
-            out.truncate(log["length"])  # drop what an interrupted commit half-appended
-            out.seek(log["length"])
-            shutil.copyfileobj(part, out, 16 << 20)
+        with part, open(target, "r+b" if os.path.exists(target) else "wb") as out:
+            table, length, digest = _read_part_table(part, path)
+            out.truncate(base)  # drop what an interrupted commit half-appended
+            out.seek(base)
+            try:
+                _copy_verified(part, out, length, digest, path)
+            except PartDamagedError:
+                out.truncate(base)
+                raise
             out.flush()
             os.fsync(out.fileno())
-            length = out.tell()
-        log["bases"].append(log["length"])
-        log["length"] = length
+            end = out.tell()
+        rebased = table.copy()
+        rebased[:, 1] += base
         write_atomically(
-            os.path.join(self._state_path(level), "commits.json"), json.dumps(log).encode()
+            self._index_path(level, task_index), rebased.astype("<i8").tobytes(), self.tmp_dir
         )
-        os.unlink(data_path)
+        log["bases"].append(base)
+        log["length"] = end
+        write_atomically(
+            os.path.join(self.state_path(level), "commits.json"),
+            json.dumps(log).encode(),
+            self.tmp_dir,
+        )
+        os.unlink(path)
+
+    def discard_level_work(self, level: int) -> None:
+        # the directory goes first: a level being remade must not look finished meanwhile
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory_path(level))
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.level_path(level)):
+                if name.startswith(DIRECTORY_NAME + "."):  # block files, ours or the original's
+                    os.unlink(os.path.join(self.level_path(level), name))
+        shutil.rmtree(self.state_path(level), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(checksum_path(self.directory_path(level)))
 
     def finish_level(self, level: int) -> None:
+        """Write the directory once every block is in the block file, never before."""
         scale = self.pyramid.scale(level)
-        metadata = self.metadata(level)
         offsets = np.zeros(scale.n_chunks, np.uint64)
         sizes = np.zeros(scale.n_chunks, np.uint64)
+        crcs = np.zeros(scale.n_chunks, "<u4")
         log = self._commit_log(level)
-        for task_index, base in enumerate(log["bases"]):
-            _, index_path = self.part_paths(level, task_index)
-            with open(index_path, "rb") as f:
-                index = np.frombuffer(f.read(), "<i8").reshape(-1, 3)
-            offsets[index[:, 0]] = index[:, 1].astype(np.uint64) + np.uint64(base)
-            sizes[index[:, 0]] = index[:, 2].astype(np.uint64)
+        for task_index in range(len(log["bases"])):
+            with open(self._index_path(level, task_index), "rb") as f:
+                rows = np.frombuffer(f.read(), "<i8").reshape(-1, 4)
+            offsets[rows[:, 0]] = rows[:, 1].astype(np.uint64)
+            sizes[rows[:, 0]] = rows[:, 2].astype(np.uint64)
+            crcs[rows[:, 0]] = rows[:, 3].astype("<u4")
+        target = self.block_file_path(level)
+        with open(target, "r+b" if os.path.exists(target) else "wb") as out:
+            out.truncate(int(log["length"]))  # bytes of a commit that was never recorded
+        _check_entries(target, offsets, sizes, int(log["length"]), level)
+        self.write_directory(level, offsets, sizes, crcs)
+
+    def write_directory(
+        self, level: int, offsets: np.ndarray, sizes: np.ndarray, crcs: np.ndarray | None = None
+    ) -> None:
+        """Write the level's directory file: block i is `sizes[i]` bytes at `offsets[i]` of the
+        level's block file (size 0: never written), with the blocks' CRC32s beside it when
+        known. Written whole and last, so it appears complete."""
+        crc_path = checksum_path(self.directory_path(level))
+        if crcs is None:  # a stale list would make good blocks look damaged
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(crc_path)
+        else:
+            os.makedirs(os.path.dirname(crc_path), exist_ok=True)
+            write_atomically(crc_path, crcs.astype("<u4").tobytes(), self.tmp_dir)
+        metadata = self.metadata(level)
         content = encode_directory_header(metadata) + encode_entries(offsets, sizes, metadata)
-        write_atomically(self.directory_path(level), content)
-        shutil.rmtree(self._state_path(level), ignore_errors=True)
+        write_atomically(self.directory_path(level), content, self.tmp_dir)
+
+    def repair_level(self, level: int, task_boxes: list[Box], redone: set[int]) -> None:
+        """Rebuild the block file: the redone tasks' new parts, every other task's blocks copied
+        from the old file, in task order, as an uninterrupted run lays them out."""
+        scale = self.pyramid.scale(level)
+        offsets = np.zeros(scale.n_chunks, np.uint64)
+        sizes = np.zeros(scale.n_chunks, np.uint64)
+        crcs = np.zeros(scale.n_chunks, "<u4")
+        old = (
+            None
+            if redone >= set(range(len(task_boxes)))
+            else parse_directory(self.directory_path(level))
+        )
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=".tmp-", suffix="-repair")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for index, box in enumerate(task_boxes):
+                    if index in redone:
+                        rows = self._copy_part(level, index, out)
+                    else:
+                        assert old is not None
+                        rows = self._copy_old_blocks(level, old, box, out)
+                    offsets[rows[:, 0]] = rows[:, 1].astype(np.uint64)
+                    sizes[rows[:, 0]] = rows[:, 2].astype(np.uint64)
+                    crcs[rows[:, 0]] = rows[:, 3].astype("<u4")
+                out.flush()
+                os.fsync(out.fileno())
+                length = out.tell()
+            _check_entries(tmp, offsets, sizes, length, level)
+            os.replace(tmp, self.block_file_path(level))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.write_directory(level, offsets, sizes, crcs)
+        shutil.rmtree(self.state_path(level), ignore_errors=True)
+
+    def _copy_part(self, level: int, task_index: int, out: Any) -> np.ndarray:
+        path = self.part_path(level, task_index)
+        base = out.tell()
+        try:
+            part = open(path, "rb")
+        except FileNotFoundError:
+            raise PartDamagedError(f"part file {path!r} is missing") from None
+        with part:
+            table, length, digest = _read_part_table(part, path)
+            _copy_verified(part, out, length, digest, path)
+        rows = table.copy()
+        rows[:, 1] += base
+        return rows
+
+    def _copy_old_blocks(self, level: int, old: BlockDirectory, box: Box, out: Any) -> np.ndarray:
+        """A task's blocks, contiguous in the old block file as its part laid them out."""
+        scale = self.pyramid.scale(level)
+        blocks = np.array(
+            [self.block_index(level, b) for _, b in chunks_in(box, scale.chunk_size, scale.size)],
+            np.int64,
+        )
+        starts = old.offsets[blocks].astype(np.int64)
+        lengths = old.sizes[blocks].astype(np.int64)
+        first, end = int(starts.min()), int((starts + lengths).max())
+        data = old.files.read(old.block_files[0], first, end - first)
+        if len(data) != end - first:
+            raise StoreError(f"{old.block_files[0]!r} is shorter than its directory says")
+        base = out.tell()
+        out.write(data)
+        crc = [zlib.crc32(data[a - first : a - first + n]) for a, n in zip(starts, lengths)]
+        return np.stack([blocks, starts - first + base, lengths, np.array(crc, np.int64)], axis=1)
+
+    def clean_up(self) -> None:
+        shutil.rmtree(os.path.join(self.path, STATE_DIR, "blockfs"), ignore_errors=True)
 
     # --- reading -----------------------------------------------------------------------
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:

@@ -1,7 +1,10 @@
 """``--format precomputed``: Neuroglancer's own layout, readable by every tool of the field.
 
-Unsharded: one file per chunk, ``R_R_R/x0-x1_y0-y1_z0-z1`` (``.gz`` appended when written with
-gzip, which our servers send as ``Content-Encoding: gzip``), in the scale's encoding. Sharded
+Unsharded: one file per chunk, ``R_R_R/x0-x1_y0-y1_z0-z1``, in the scale's encoding. With gzip
+(``--gzip``) a folder holds ``name.gz`` (web servers' ``gzip_static`` convention: ours, nginx) and
+a bucket holds the gzip bytes under the plain name with ``Content-Encoding: gzip`` (what
+Neuroglancer and TensorStore read straight from S3 or GCS); both are read back here. The folder
+tree ``x0-x1/y0-y1/z0-z1`` that neuroglancer-scripts writes by default is read too. Sharded
 scales (``neuroglancer_uint64_sharded_v1``) are read here; the converter writes them a shard at a
 time. Reading works the same from a folder or an ``http(s)://`` URL: chunks are fetched
 concurrently and decoded chunks are kept in a bounded cache.
@@ -22,7 +25,14 @@ from ..compression import gzip_compress
 from ..encodings import decode_chunk, encode_chunk
 from ..errors import StoreError
 from ..geometry import Box
-from ..locations import HTTP_SCHEMES, Location, open_location, url_scheme
+from ..locations import (
+    HTTP_SCHEMES,
+    Location,
+    gzip_content,
+    is_remote,
+    open_location,
+    url_scheme,
+)
 from ..sharding import ShardingSpec, compressed_morton_codes, encode_blob, write_sharded
 from .base import ChunkStore, TaskWriter
 
@@ -57,6 +67,11 @@ class PrecomputedStore(ChunkStore):
     def _level_locations(self) -> dict[str, Location]:
         return {}
 
+    @cached_property
+    def _tree_levels(self) -> dict[int, bool]:
+        """Per level, once a chunk was found: whether it uses the folder-tree layout."""
+        return {}
+
     def _level_location(self, key: str) -> Location:
         location = self._level_locations.get(key)
         if location is None:
@@ -86,7 +101,7 @@ class PrecomputedStore(ChunkStore):
         blob = self.encode(level, data)
         name = f"{scale.key}/{self.chunk_name(level, box)}"
         if self.gzip_files and scale.encoding in GZIP_ENCODINGS:
-            self.files.write(name + ".gz", gzip_compress(blob))
+            self.files.write_gzip(name, gzip_compress(blob))
         else:
             self.files.write(name, blob)
 
@@ -103,7 +118,21 @@ class PrecomputedStore(ChunkStore):
             index = [a // c for a, c in zip(box.start, scale.chunk_size)]
             key = int(compressed_morton_codes(np.array([index]), scale.grid_shape)[0])
             return reader.get(key)
-        return self._level_location(scale.key).read(self.chunk_name(level, box))
+        location = self._level_location(scale.key)
+        name = self.chunk_name(level, box)
+        tree = self._tree_levels.get(level)
+        if not tree:
+            blob = location.read(name)
+            if blob is not None or tree is False or url_scheme(self.path) in HTTP_SCHEMES:
+                if blob is not None:
+                    self._tree_levels[level] = False
+                return blob
+        # neuroglancer-scripts' default layout, x0-x1/y0-y1/z0-z1 (web servers map it to the
+        # flat names Neuroglancer asks for, so only folders and buckets hold it)
+        blob = location.read(name.replace("_", "/"))
+        if blob is not None:
+            self._tree_levels[level] = True
+        return blob
 
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         cached = self._cache[(level, box)]
@@ -113,12 +142,16 @@ class PrecomputedStore(ChunkStore):
         if blob is None:
             return None
         scale = self.pyramid.scale(level)
+        if scale.sharding is None and scale.encoding in GZIP_ENCODINGS:
+            unpacked = gzip_content(blob)  # a bucket object stored gzipped under its name
+            blob = blob if unpacked is None else unpacked
         data = decode_chunk(
             blob,
             scale.encoding,
             box.numpy_shape,
             self.pyramid.dtype,
             block_size=scale.segmentation_block_size or (8, 8, 8),
+            channels=self.pyramid.num_channels,
         )
         self._cache.put((level, box), data, data.nbytes)
         return data
@@ -135,6 +168,20 @@ class PrecomputedStore(ChunkStore):
             return super().read_chunks(level, boxes)
         with ThreadPoolExecutor(min(READ_THREADS, len(boxes))) as pool:
             return list(pool.map(lambda box: self.read_chunk(level, box), boxes))
+
+
+def gzip_note(dest: str) -> str:
+    """Where a ``--gzip`` volume at `dest` can be read from, for the end of a run."""
+    if is_remote(dest):
+        return (
+            "chunks are stored gzipped with Content-Encoding: gzip metadata: Neuroglancer, "
+            "TensorStore and CloudVolume read them straight from the bucket"
+        )
+    return (
+        "chunks are stored as name.gz: serve the folder with precomputed-webserver, or nginx "
+        "with 'gzip_static always; gunzip on;' (see the README); plain static servers and "
+        "TensorStore's file driver see no chunks"
+    )
 
 
 class _ShardWriter(TaskWriter):

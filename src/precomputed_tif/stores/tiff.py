@@ -44,7 +44,7 @@ class TiffStore(ChunkStore):
                 compression="zlib",
                 photometric="minisblack",
             )
-        write_atomically(self.chunk_path(level, box), buffer.getbuffer())
+        write_atomically(self.chunk_path(level, box), buffer.getbuffer(), self.tmp_dir)
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
         return file_stamp(self.chunk_path(level, box))

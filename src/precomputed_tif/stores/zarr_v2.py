@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..compression import blosc_encode
+from ..encodings import blosc_frame_is_whole
 from ..errors import StoreError
 from ..geometry import Box
 from ..locations import REMOTE_RECHECK_SECONDS, WritableLocation, is_remote
@@ -47,6 +48,11 @@ def _array_meta(files: WritableLocation, key: str) -> _ArrayMeta:
         # arrays written by zarr's NestedDirectoryStore before 2.8 do not record the separator
         separator = "/" if "0" in files.names(key) else "."
     return meta, codec, separator
+
+
+def _check_whole(stored: bytes, codec: Any, path: str) -> None:
+    if codec is not None and codec.codec_id == "blosc" and not blosc_frame_is_whole(stored):
+        raise StoreError(f"zarr chunk {path!r} is damaged: its Blosc frame is cut short")
 
 
 class ZarrStore(ChunkStore):
@@ -128,6 +134,7 @@ class ZarrStore(ChunkStore):
         stored = self.files.read(path)
         if stored is None:
             return None
+        _check_whole(stored, codec, path)
         try:
             return bytes(codec.decode(stored))
         except Exception as exc:
@@ -139,6 +146,7 @@ class ZarrStore(ChunkStore):
         raw = self.files.read(path)
         if raw is None:
             return None
+        _check_whole(raw, codec, path)
         try:
             decoded = codec.decode(raw) if codec is not None else raw
             for spec in reversed(meta.get("filters") or []):
