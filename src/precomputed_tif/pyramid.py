@@ -355,7 +355,7 @@ def plan_pyramid(
 
     check_encoding(encoding, np.dtype(dtype).name)
     if isinstance(factors, list):
-        factors = tuple(factors)  # type: ignore[assignment]
+        factors = tuple(factors)
     check_factors(factors)
     if np.dtype(dtype).name not in SUPPORTED_DTYPES:
         raise PlanError(
