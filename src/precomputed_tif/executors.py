@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -30,6 +31,31 @@ class SerialExecutor(Executor):
         return future
 
 
+# how long a shutting-down pool waits for its workers before it stops them
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class _Pool(ProcessPoolExecutor):
+    """A process pool whose shutdown cannot hang: a worker SIGKILLed while it held the task
+    queue's lock leaves its siblings blocked on that lock forever, and the standard shutdown
+    waits for them forever too."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        # the standard shutdown forgets both; keep them to wait (CPython's own attributes)
+        processes = list((getattr(self, "_processes", None) or {}).values())
+        manager = getattr(self, "_executor_manager_thread", None)
+        super().shutdown(wait=False, cancel_futures=cancel_futures)
+        if not wait:
+            return
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+        if manager is not None:
+            manager.join(SHUTDOWN_GRACE_SECONDS)
+
+
 def process_pool(n_workers: int) -> ProcessPoolExecutor:
     """A pool of `n_workers` processes; forkserver on Linux (fork is unsafe with threads)."""
     if sys.platform.startswith("linux"):
@@ -40,7 +66,7 @@ def process_pool(n_workers: int) -> ProcessPoolExecutor:
         )
     else:
         context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=n_workers, mp_context=context)
+    return _Pool(max_workers=n_workers, mp_context=context)
 
 
 class DaskExecutor:
