@@ -7,8 +7,10 @@ usage: bench_convert.py [--x 1024 --y 1024 --z 256] [--workdir DIR] [--stack DIR
                         [--levels N] [--n-cores N] [--only ROWS] [--keep]
 
 Makes the stack with make_stack.py (cached in the workdir), warms the page cache by reading every
-plane once, then runs each contender as its own subprocess, measuring wall time and the peak RSS
-of its whole process tree (see _measure.py). Prints a table, then one JSON line with every figure.
+plane once, then runs each contender as its own subprocess, round after round (every contender
+once per round, so a round's ratios compare runs made minutes apart), measuring wall time and the
+peak RSS of its whole process tree (see _measure.py). Prints the best round, then every ratio per
+round with its median and spread, then one JSON line with every figure.
 The TensorStore and CloudVolume outputs, and ours in --format precomputed, are checked against a
 numpy reference computed from the planes (one level-1 chunk, one level-3 chunk); a mismatch is
 printed loudly.
@@ -57,6 +59,12 @@ FORMAT_FLAGS = {
     "blockfs": ["--format", "blockfs"],
     "precomputed": ["--format", "precomputed"],
     "precomputed-sharded": ["--format", "precomputed", "--sharded"],
+    # OME-Zarr; both rows with the same task memory, so their shards and tasks compare
+    "ngff": ["--format", "ngff", "--task-memory", "{ngff_task_memory}"],
+    "ngff-sharded": ["--format", "ngff", "--sharded", "--task-memory", "{ngff_task_memory}"],
+    "precomputed-sharded-raw": [
+        *("--format", "precomputed", "--sharded", "--shard-data-encoding", "raw"),
+    ],
     # the same tasks on a local Dask cluster of 2 worker processes (its overhead vs the pool)
     "blockfs-dask2": ["--format", "blockfs", "--dask-workers", "2"],
     # ... and on a cluster already running (as on a lab's cluster): no start-up in the figure;
@@ -64,8 +72,20 @@ FORMAT_FLAGS = {
     "blockfs-dask-running": ["--format", "blockfs", "--dask-scheduler", "{scheduler}"],
 }
 ORIGINAL_FORMATS = ("tiff", "zarr", "blockfs")  # the original has no --format precomputed
-# the TensorStore row each row's "vs TS" compares with (default: tensorstore)
-TS_PEER = {"ours-precomputed-sharded": "tensorstore-sharded", "tensorstore-sharded": None}
+# the TensorStore row each row's "vs TS" compares with (default: tensorstore); TensorStore's
+# gzip shards take minutes (its gzip level is fixed and slow), so the sharded rows are compared
+# with its raw shards, and its gzip row runs only when named in --only
+TS_PEER = {
+    "ours-precomputed-sharded": "tensorstore-sharded",
+    "ours-precomputed-sharded-raw": "tensorstore-sharded",
+    "tensorstore-sharded": None,
+    "tensorstore-sharded-gzip": None,
+    "ours-ngff": "tensorstore-zarr3-sharded",
+    "ours-ngff-sharded": "tensorstore-zarr3-sharded",
+    "tensorstore-zarr3-sharded": None,
+}
+OPT_IN_ROWS = ("tensorstore-sharded-gzip",)
+NGFF_TASK_MEMORY = "128M"
 ROUNDINGS = ("floor", "nearest")
 
 
@@ -74,6 +94,7 @@ class Contender:
     name: str
     argv: list[str] | None  # None: skipped
     skip_reason: str = ""
+    env: dict[str, str] | None = None  # None: ours
     out: Path | None = None
     fmt: str | None = None  # for ours and the original
     check: bool = False  # compare chunks with the numpy reference
@@ -157,16 +178,36 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def ngff_shards(size: XYZ, dtype: np.dtype, levels: int, task_memory: str) -> str:
+    """The shard shapes (x,y,z per level, ';'-joined) ours writes with this task memory."""
+    from precomputed_tif import plan_pyramid
+    from precomputed_tif.cli._common import parse_size
+
+    pyramid = plan_pyramid(
+        size, dtype.name, voxel_size_nm=(1000, 1000, 1000), chunk_size=(CHUNK,) * 3, levels=levels
+    ).zarr_sharded(parse_size(task_memory))
+    return ";".join(",".join(map(str, s.shard_size or ())) for s in pyramid.scales)
+
+
 # ---------------------------------------------------------------------------------------------
 # the correctness check
 
 
 def read_chunk(root: Path, level: int, start: XYZ, stop: XYZ, dtype: np.dtype) -> np.ndarray | None:
-    """A chunk of a raw-encoded precomputed output as (z, y, x), sharded or not.
+    """A chunk of a raw-encoded precomputed output as (z, y, x), sharded or not, or of an
+    OME-Zarr output (5-D, t and c of size 1; read through TensorStore).
 
     The scale is the level-th one listed in the info (keys differ between writers). Unsharded:
     the chunk file itself. Sharded: read through TensorStore (which also checks the sharding).
     """
+    if (root / "zarr.json").exists() or (root / ".zattrs").exists():
+        import tensorstore as ts
+
+        driver = "zarr3" if (root / "zarr.json").exists() else "zarr"
+        spec = {"driver": driver, "kvstore": {"driver": "file", "path": f"{root}/{level - 1}/"}}
+        array = ts.open(spec, read=True).result()
+        region = array[0, 0, start[2] : stop[2], start[1] : stop[1], start[0] : stop[0]]
+        return np.asarray(region.read().result())
     info = json.loads((root / "info").read_text())
     scale = info["scales"][level - 1]
     if "sharding" not in scale:
@@ -267,7 +308,7 @@ def run_one(c: Contender, timeout_s: float, cwd: Path) -> RunResult:
         c.out.mkdir(parents=True)
     os.sync()  # no dirty pages from the previous run are flushed on this run's time
     print(f"  running {c.name} ...", end=" ", flush=True)
-    result = run_measured(c.argv, cwd=cwd, timeout_s=timeout_s)
+    result = run_measured(c.argv, cwd=cwd, env=c.env, timeout_s=timeout_s)
     if result.ok:
         print(f"{result.wall_s:.2f} s, {result.peak_rss_mib:.0f} MiB", flush=True)
     else:
@@ -280,6 +321,34 @@ def run_one(c: Contender, timeout_s: float, cwd: Path) -> RunResult:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def peers_of(c: Contender, by_name: dict[str, Contender]) -> list[str]:
+    """The rows an `ours-*` row is compared with, round by round."""
+    if not c.name.startswith("ours-"):
+        return []
+    peers = [f"original-{c.fmt}", TS_PEER.get(c.name, "tensorstore") or "", "floor"]
+    if c.name.startswith("ours-precomputed-sharded"):
+        peers.append("ours-precomputed")  # what sharding costs over one file per chunk
+    return [p for p in peers if p in by_name and any(r.ok for r in by_name[p].runs)]
+
+
+def round_ratios(c: Contender, peer: Contender) -> list[float | None]:
+    """wall(c) / wall(peer) in each round both ran in (None where either failed)."""
+    return [
+        a.wall_s / b.wall_s if a.ok and b.ok and b.wall_s else None
+        for a, b in zip(c.runs, peer.runs)
+    ]
+
+
+def spread(values: list[float | None]) -> str:
+    ok = [v for v in values if v is not None]
+    if not ok:
+        return "-"
+    rounds = ", ".join("-" if v is None else f"{v:.2f}" for v in values)
+    if len(ok) == 1:
+        return rounds
+    return f"{rounds}  (median {statistics.median(ok):.2f}, {min(ok):.2f}-{max(ok):.2f})"
 
 
 def fmt_ratio(r: float | None) -> str:
@@ -344,7 +413,18 @@ def main() -> None:
             contenders.append(Contender(name, argv, out=out, check=name != "floor"))
 
     recipe("tensorstore", "recipe_tensorstore.py", ("tensorstore",), lv)
-    recipe("tensorstore-sharded", "recipe_tensorstore.py", ("tensorstore",), [*lv, "--sharded"])
+    sharded = [*lv, "--sharded", "--shard-data-encoding"]
+    recipe("tensorstore-sharded", "recipe_tensorstore.py", ("tensorstore",), [*sharded, "raw"])
+    ts_gzip = [*sharded, "gzip"]
+    recipe("tensorstore-sharded-gzip", "recipe_tensorstore.py", ("tensorstore",), ts_gzip)
+    if any(f.startswith("ngff") for f in formats):
+        shards = ngff_shards(size, dtype, levels, NGFF_TASK_MEMORY)
+        recipe(
+            "tensorstore-zarr3-sharded",
+            "recipe_tensorstore_zarr3.py",
+            ("tensorstore", "precomputed_tif"),
+            [*lv, "--shards", shards],
+        )
     recipe("cloudvolume", "recipe_cloudvolume.py", ("cloudvolume", "tinybrain"), lv)
     recipe("floor", "recipe_floor.py", (), lv)
 
@@ -356,9 +436,9 @@ def main() -> None:
             contenders.append(Contender(name, None, ours_note, fmt=f))
             continue
         out = outroot / name
-        flags = FORMAT_FLAGS[f]
+        flags = [v.replace("{ngff_task_memory}", NGFF_TASK_MEMORY) for v in FORMAT_FLAGS[f]]
         argv = [*ours_cmd, "--source", pattern, "--dest", str(out), *flags, *lv, *cores]
-        check = f.startswith("precomputed")  # the same files as the peers': check them too
+        check = f.startswith(("precomputed", "ngff"))  # the same data as the peers': check them
         contenders.append(Contender(name, argv, out=out, fmt=f, check=check))
     if a.original:
         exe = Path(a.original) / "precomputed-tif"
@@ -371,7 +451,9 @@ def main() -> None:
                 continue
             out = outroot / name
             argv = [str(exe), "--source", pattern, "--dest", str(out), "--format", f, *lv, *cores]
-            contenders.append(Contender(name, argv, out=out, fmt=f))
+            # its own venv's packages only: a PYTHONPATH that points at ours would shadow it
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            contenders.append(Contender(name, argv, out=out, fmt=f, env=env))
 
     if a.only:
         only = {r.strip() for r in a.only.split(",") if r.strip()}
@@ -379,6 +461,8 @@ def main() -> None:
         if unknown_rows:
             raise SystemExit(f"--only: unknown rows {sorted(unknown_rows)} (add --formats?)")
         contenders = [c for c in contenders if c.name in only]
+    else:
+        contenders = [c for c in contenders if c.name not in OPT_IN_ROWS]
 
     cluster = None
     if any("{scheduler}" in (c.argv or []) for c in contenders):
@@ -485,6 +569,7 @@ def report(
             "walls_s": [round(r.wall_s, 3) for r in c.runs],
             "peak_rss_mib": round(best.peak_rss_mib, 1),
             "peak_rss_mib_max": round(max(r.peak_rss_mib for r in c.runs if r.ok), 1),
+            "peak_rss_mib_rounds": [round(r.peak_rss_mib, 1) if r.ok else None for r in c.runs],
             "files": c.files,
             "output_mib": round(c.out_bytes / 2**20, 2),
             "vs_tensorstore": round(vs_ts, 3) if vs_ts else None,
@@ -494,9 +579,25 @@ def report(
             "detail": detail,
         }
     print()
+    print("per round (ours / peer, each round's own runs; median and spread over the rounds):")
+    round_table: dict[str, list[float | None]] = {}
+    for c in contenders:
+        for peer in peers_of(c, by_name):
+            values = round_ratios(c, by_name[peer])
+            round_table[f"{c.name} / {peer}"] = values
+            print(f"  {c.name + ' / ' + peer:<58}{spread(values)}")
+    print("peak tree RSS MiB per round:")
+    for c in contenders:
+        if any(r.ok for r in c.runs):
+            peaks = ", ".join(f"{r.peak_rss_mib:.0f}" if r.ok else "-" for r in c.runs)
+            print(f"  {c.name:<30}{peaks}")
+    print()
     print(f"precomputed-tif: {ours_note}")
     print("wall = best of the rounds; vs X = wall / wall of X (below 1 is faster than X)")
-    print("vs TS: ours-precomputed-sharded against tensorstore-sharded, others against tensorstore")
+    print(
+        "vs TS: ours-precomputed-sharded* against tensorstore-sharded (raw shards), others "
+        "against tensorstore"
+    )
     if mismatches:
         print("!!!!! OUTPUT MISMATCHES:")
         for m in mismatches:
@@ -517,6 +618,9 @@ def report(
         "workdir": str(workdir),
         "mismatches": mismatches,
         "runs": rows,
+        "round_ratios": {
+            k: [None if v is None else round(v, 3) for v in vs] for k, vs in round_table.items()
+        },
     }
     print(json.dumps(summary))
 

@@ -194,7 +194,7 @@ def test_multilevel_index_decodes_to_every_point_once(tmp_path, sharded):
         path, points, {"size": size.astype(np.uint8), "score": score.astype(np.float32)}
     )
     assert len(levels) >= 3
-    assert [p["type"] for p in info["properties"]] == ["uint8", "float32"]
+    assert [p["type"] for p in info["properties"]] == ["float32", "uint8"]  # byte order
     assert levels[0][0]["grid_shape"] == [1, 1, 1]
     # each finer level's cells subdivide the coarser ones
     for (coarse, _), (fine, _) in zip(levels, levels[1:]):
@@ -309,11 +309,78 @@ def test_record_layout_orders_properties_by_alignment(tmp_path):
     props = {"small": np.array([1, 2]), "mid": np.array([-300, 300]), "big": np.array([0, 1e6])}
     write_points(points, str(tmp_path / "p"), properties=props)
     info = json.loads(Path(tmp_path / "p" / "info").read_text())
-    assert [p["id"] for p in info["properties"]] == ["small", "mid", "big"]
+    # listed in byte order, as neuroglancer's writer lists them (CloudVolume relies on it)
+    assert [p["id"] for p in info["properties"]] == ["big", "mid", "small"]
     blob = Path(tmp_path / "p" / "by_id" / "1").read_bytes()
     assert len(blob) == 20  # 12 + 4 (uint32) + 2 (int16) + 1 (uint8) + 1 padding
     assert np.frombuffer(blob[12:16], "<u4")[0] == 1000000
     assert np.frombuffer(blob[16:18], "<i2")[0] == 300 and blob[18] == 2
+
+
+MIXED_TYPES = {
+    "count": ("uint8", lambda rng, n: rng.integers(0, 250, n)),
+    "weight": ("float32", lambda rng, n: rng.normal(0, 1, n).astype(np.float32)),
+    "delta": ("int8", lambda rng, n: rng.integers(-100, 100, n)),
+    "area": ("uint16", lambda rng, n: rng.integers(300, 60000, n)),
+    "label": ("int32", lambda rng, n: rng.integers(-(2**20), 2**20, n)),
+    "depth": ("int16", lambda rng, n: rng.integers(-3000, 3000, n)),
+}
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("sharded", [False, True])
+def test_cloudvolume_reads_mixed_type_properties(tmp_path, sharded):
+    """Properties in input order unlike the byte order (1, 4, 1, 2, 4, 2 bytes)."""
+    cloudvolume = pytest.importorskip("cloudvolume")
+    rng = np.random.default_rng(11)
+    n = 400
+    points = rng.uniform(0, 60, (n, 3))
+    props = {name: make(rng, n) for name, (_, make) in MIXED_TYPES.items()}
+    write_points(points, str(tmp_path / "p"), properties=props, sharded=sharded)
+    info = json.loads(Path(tmp_path / "p" / "info").read_text())
+    assert {p["id"]: p["type"] for p in info["properties"]} == {
+        name: kind for name, (kind, _) in MIXED_TYPES.items()
+    }
+    source = cloudvolume.from_cloudpath("precomputed://file://" + str(tmp_path / "p"))
+    everything = source.get_all()  # through the spatial index
+    ids = everything.ids.astype(np.int64)
+    assert sorted(ids.tolist()) == list(range(n))
+    np.testing.assert_allclose(everything.geometry, points[ids].astype(np.float32))
+    for name, values in props.items():
+        np.testing.assert_array_equal(everything.properties[name], values[ids], err_msg=name)
+    for i, annotation in source.get_by_id([0, 7, n - 1]).items():  # through by_id
+        assert {k: v.item() for k, v in annotation.properties.items()} == pytest.approx(
+            {name: values[i].item() for name, values in props.items()}
+        )
+
+
+def test_property_order_is_neuroglancers(tmp_path):
+    """The info lists properties as neuroglancer's own writer lists the same ones."""
+    neuroglancer = pytest.importorskip("neuroglancer")
+    from neuroglancer.write_annotations import AnnotationWriter
+
+    coords = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="um", scales=[1, 1, 1])
+    writer = AnnotationWriter(
+        coordinate_space=coords,
+        annotation_type="point",
+        properties=[
+            neuroglancer.AnnotationPropertySpec(id=name, type=kind)
+            for name, (kind, _) in MIXED_TYPES.items()
+        ],
+    )
+    rng = np.random.default_rng(2)
+    props = {name: make(rng, 1) for name, (_, make) in MIXED_TYPES.items()}
+    writer.add_point([1, 2, 3], **{name: values[0].item() for name, values in props.items()})
+    writer.write(str(tmp_path / "theirs"))
+    write_points(np.array([[1, 2, 3]]), str(tmp_path / "ours"), properties=props)
+    theirs = json.loads(Path(tmp_path / "theirs" / "info").read_text())["properties"]
+    ours = json.loads(Path(tmp_path / "ours" / "info").read_text())["properties"]
+    assert [p["id"] for p in ours] == [p["id"] for p in theirs]
+    by_id = "by_id/0"
+    assert (
+        Path(tmp_path / "ours" / by_id).read_bytes()
+        == Path(tmp_path / "theirs" / by_id).read_bytes()
+    )
 
 
 def test_murmurhash_matches_mmh3():
@@ -371,9 +438,9 @@ def test_csv_with_properties_and_npy(tmp_path):
     result = run("--input", str(tmp_path / "cells.csv"), "--output-directory", str(tmp_path / "c"))
     assert result.returncode == 0, result.stderr
     info = json.loads(Path(tmp_path / "c" / "info").read_text())
-    assert info["properties"] == [
-        {"id": "volume", "type": "uint16"},
+    assert info["properties"] == [  # byte order: by alignment, then column order
         {"id": "intensity", "type": "float32"},
+        {"id": "volume", "type": "uint16"},
     ]
     np.save(tmp_path / "p.npy", np.array([[1.0, 2, 3], [7, 8, 9]]))
     assert (

@@ -140,9 +140,8 @@ def test_destination_with_a_different_volume_is_refused(tmp_path, small_stack):
     result = run_cli("--source", source, "--dest", dest, "--format", "blockfs")
     assert_one_line_error(result, "different volume", "--overwrite")
     assert sorted(glob.glob(dest + "/**", recursive=True)) == before
-    assert_one_line_error(
-        run_cli("--source", source, "--dest", dest, "--format", "zarr"), "already holds a finished"
-    )
+    again = run_cli("--source", source, "--dest", dest, "--format", "zarr")
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
     result = run_cli("--source", source, "--dest", dest, "--format", "blockfs", "--overwrite")
     assert result.returncode == 0, result.stderr
     assert open_volume(dest).format == "blockfs"
@@ -154,10 +153,14 @@ def test_destination_with_foreign_files_is_never_overwritten(tmp_path, small_sta
     dest = tmp_path / "home"
     dest.mkdir()
     (dest / "thesis.docx").write_text("precious")
-    assert_one_line_error(run_cli("--source", source, "--dest", str(dest)), "already holds files")
-    assert_one_line_error(
-        run_cli("--source", source, "--dest", str(dest), "--overwrite"), "thesis.docx"
-    )
+    for extra in ([], ["--overwrite"]):
+        result = run_cli("--source", source, "--dest", str(dest), *extra)
+        assert_one_line_error(result, "thesis.docx", "empty or new folder")
+        assert "--overwrite" not in result.stderr  # it would not work: never suggest it
+    assert (dest / "thesis.docx").read_text() == "precious"
+    # the folder it suggests does work
+    suggested = re.search(r"--dest '([^']+)'\s*$", result.stderr.strip()).group(1)
+    assert run_cli("--source", source, "--dest", suggested).returncode == 0
     assert (dest / "thesis.docx").read_text() == "precious"
 
 
@@ -208,7 +211,14 @@ def _interrupt_after_progress(args: list[str], dest: str, sig: int) -> subproces
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "fmt",
-    ["tiff", "zarr", "blockfs", "precomputed", "precomputed --sharded"],
+    [
+        "tiff",
+        "zarr",
+        "blockfs",
+        "precomputed",
+        "precomputed --sharded",
+        "precomputed --sharded --shard-data-encoding raw",
+    ],
 )
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "ctrl-c"])
 def test_interrupted_run_resumes_to_identical_bytes(tmp_path, resumable_stack, fmt, sig):

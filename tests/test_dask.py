@@ -15,7 +15,10 @@ pytest.importorskip("distributed")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["tiff", "zarr", "blockfs", "precomputed", "precomputed --sharded"])
+@pytest.mark.parametrize(
+    "fmt",
+    ["tiff", "zarr", "blockfs", "precomputed", "precomputed --sharded", "ngff", "ngff --sharded"],
+)
 def test_local_dask_cluster_matches_the_process_pool(tmp_path, fmt):
     stack = random_stack((40, 70, 90), "uint16", seed=17)
     source = write_planes(tmp_path / "planes", stack)
@@ -33,21 +36,21 @@ def test_local_dask_cluster_matches_the_process_pool(tmp_path, fmt):
     ]
     cli = [sys.executable, "-m", "precomputed_tif.cli.convert"]
     pool = subprocess.run(
-        [*cli, *common, "--dest", str(tmp_path / "run_a")],
+        [*cli, *common, "--dest", str(tmp_path / "run_a" / "vol")],  # ngff: the name is kept
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert pool.returncode == 0, pool.stderr
     dask = subprocess.run(
-        [*cli, *common, "--dest", str(tmp_path / "run_b"), "--dask-workers", "2"],
+        [*cli, *common, "--dest", str(tmp_path / "run_b" / "vol"), "--dask-workers", "2"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert dask.returncode == 0, dask.stderr
-    assert _tree(str(tmp_path / "run_b")) == _tree(str(tmp_path / "run_a"))
-    assert_every_chunk_equal(str(tmp_path / "run_b"), reference_pyramid(stack, 4))
+    assert _tree(str(tmp_path / "run_b" / "vol")) == _tree(str(tmp_path / "run_a" / "vol"))
+    assert_every_chunk_equal(str(tmp_path / "run_b" / "vol"), reference_pyramid(stack, 4))
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -39,7 +40,9 @@ def _stack(dtype: str, segmentation: bool) -> np.ndarray:
     return random_stack((18, 27, 35), dtype, seed=3)
 
 
-def _make(tmp_path, encoding, dtype, gzip_files, segmentation, sharded_bytes=None):
+def _make(
+    tmp_path, encoding, dtype, gzip_files, segmentation, sharded_bytes=None, shard_encoding="gzip"
+):
     stack = _stack(dtype, segmentation)
     source = write_planes(tmp_path / "planes", stack)
     dest = str(tmp_path / "out")
@@ -56,7 +59,7 @@ def _make(tmp_path, encoding, dtype, gzip_files, segmentation, sharded_bytes=Non
         encoding=encoding,
     )
     if sharded_bytes:
-        pyramid = pyramid.sharded(sharded_bytes)
+        pyramid = pyramid.sharded(sharded_bytes, shard_encoding)
     store = create_store("precomputed", dest, pyramid, gzip_files=gzip_files)
     convert(src, store, executor=SerialExecutor(), budget=Budget(1, 2**30))
     return stack, dest, pyramid.n_levels
@@ -234,6 +237,107 @@ def test_sharded_output_read_by_tensorstore_and_by_us(tmp_path, encoding, dtype,
         _close(volume[level + 1][:, :, :], expected[level], encoding)
 
 
+@pytest.mark.parametrize(
+    "encoding, dtype, segmentation",
+    [("raw", "uint16", False), ("compressed_segmentation", "uint32", True)],
+)
+def test_raw_shards_hold_the_chunks_as_they_are(tmp_path, encoding, dtype, segmentation):
+    """``data_encoding: raw``: TensorStore, CloudVolume and we read it; bytes stay uncompressed."""
+    ts = pytest.importorskip("tensorstore")
+    cloudvolume = pytest.importorskip("cloudvolume")
+    stack, dest, levels = _make(tmp_path, encoding, dtype, False, segmentation, 100_000, "raw")
+    expected = reference_pyramid(stack, levels, segmentation)
+    info = json.loads((tmp_path / "out" / "info").read_text())
+    assert {s["sharding"]["data_encoding"] for s in info["scales"]} == {"raw"}
+    shards = [(tmp_path / "out" / "1_1_1" / n).read_bytes() for n in os.listdir(dest + "/1_1_1")]
+    assert len(shards) > 1
+    if encoding == "raw":
+        # the first chunk's little-endian bytes sit verbatim in one of the shard files
+        first = np.ascontiguousarray(stack[:16, :16, :16], "<u2").tobytes()
+        assert sum(first in shard for shard in shards) == 1
+    volume = open_volume(dest)
+    for level in range(levels):
+        array = ts.open(
+            {
+                "driver": "neuroglancer_precomputed",
+                "kvstore": {"driver": "file", "path": dest},
+                "scale_index": level,
+            }
+        ).result()
+        got = np.asarray(array.read().result())[..., 0].transpose(2, 1, 0)
+        np.testing.assert_array_equal(got, expected[level])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vol = cloudvolume.CloudVolume("file://" + dest, mip=level, progress=False)
+            cv = np.asarray(vol[:, :, :])[..., 0].transpose(2, 1, 0)
+        np.testing.assert_array_equal(cv, expected[level])
+        np.testing.assert_array_equal(volume[level + 1][:, :, :], expected[level])
+
+
+def test_shard_data_encoding_on_the_command_line(tmp_path):
+    from test_cli import assert_one_line_error, run_cli
+
+    stack = random_stack((20, 40, 70), "uint16", seed=8)
+    source = write_planes(tmp_path / "planes", stack)
+    common = ["--source", source, "--format", "precomputed", "--chunk-size", "16,16,16"]
+    result = run_cli(
+        *common, "--dest", str(tmp_path / "out"), "--sharded", "--shard-data-encoding", "raw"
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads((tmp_path / "out" / "info").read_text())
+    assert {s["sharding"]["data_encoding"] for s in info["scales"]} == {"raw"}
+    volume = open_volume(str(tmp_path / "out"))
+    for level, want in enumerate(reference_pyramid(stack, volume.pyramid.n_levels), start=1):
+        np.testing.assert_array_equal(volume[level][:, :, :], want)
+    unsharded = run_cli(*common, "--dest", str(tmp_path / "o2"), "--shard-data-encoding", "raw")
+    assert_one_line_error(unsharded, "--shard-data-encoding", "--sharded")
+    assert not (tmp_path / "o2" / "info").exists()
+
+
+def test_sharded_levels_nest_in_one_stage(tmp_path):
+    """A level-1 task also writes the level-2 and level-3 shards of its block: one stage, no
+    reading back, each shard file of those levels the level-1 block downsampled."""
+    ts = pytest.importorskip("tensorstore")
+    from precomputed_tif import Budget, convert, create_store, open_source, plan_pyramid
+    from precomputed_tif.executors import SerialExecutor
+    from precomputed_tif.plan import plan_stages
+    from precomputed_tif.sharding import ShardingSpec, block_voxels
+
+    stack = random_stack((128, 128, 128), "uint16", seed=12)
+    source = open_source(write_planes(tmp_path / "planes", stack))
+    pyramid = plan_pyramid(
+        source.size, "uint16", voxel_size_nm=(1, 1, 1), chunk_size=(16, 16, 16)
+    ).sharded(1_300_000, "raw")  # level-1 shards of 4x4x4 chunks
+    dest, levels = str(tmp_path / "out"), pyramid.n_levels
+    convert(
+        source,
+        create_store("precomputed", dest, pyramid),
+        executor=SerialExecutor(),
+        budget=Budget(1, 1_300_000),
+    )
+    stages = plan_stages(pyramid, task_budget_bytes=1_300_000, n_workers=1)
+    assert stages[0].first == 1 and stages[0].last >= 3
+    blocks = [
+        block_voxels(s.grid_shape, s.chunk_size, ShardingSpec.from_json(s.sharding_json or {}))
+        for s in pyramid.scales[:3]
+    ]
+    assert blocks[1] == tuple(b // 2 for b in blocks[0]) and blocks[2] == tuple(
+        b // 4 for b in blocks[0]
+    )
+    files = [len(os.listdir(os.path.join(dest, s.key))) for s in pyramid.scales[:3]]
+    assert files[0] > 1 and files[0] == files[1] == files[2]
+    for level, want in enumerate(reference_pyramid(stack, levels)):
+        array = ts.open(
+            {
+                "driver": "neuroglancer_precomputed",
+                "kvstore": {"driver": "file", "path": dest},
+                "scale_index": level,
+            }
+        ).result()
+        got = np.asarray(array.read().result())[..., 0].transpose(2, 1, 0)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_sharded_through_our_server_and_over_http(tmp_path):
     stack, dest, levels = _make(tmp_path, "raw", "uint16", False, False, 200_000)
     server = RunningServer("-d", dest, log="WARNING")
@@ -265,6 +369,19 @@ def test_cloudvolume_reads_our_output(tmp_path, encoding, dtype, segmentation, s
         vol = cloudvolume.CloudVolume("file://" + dest, mip=level, progress=False)
         got = np.asarray(vol[:, :, :])[..., 0].transpose(2, 1, 0)
         _close(got, expected[level], encoding)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_cloudvolume_reads_a_gzip_folder(tmp_path):
+    """name.gz files are CloudVolume's own convention for folders: it reads them directly."""
+    cloudvolume = pytest.importorskip("cloudvolume")
+    stack, dest, levels = _make(tmp_path, "compressed_segmentation", "uint32", True, True)
+    expected = reference_pyramid(stack, levels, True)
+    assert all(n.endswith(".gz") for n in os.listdir(os.path.join(dest, "1_1_1")))
+    for level in range(levels):
+        vol = cloudvolume.CloudVolume("file://" + dest, mip=level, progress=False)
+        got = np.asarray(vol[:, :, :])[..., 0].transpose(2, 1, 0)
+        np.testing.assert_array_equal(got, expected[level])
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -11,11 +11,12 @@ import json
 import os
 import subprocess
 import sys
+import urllib.parse
 
 import numpy as np
 import pytest
 
-from conftest import random_stack, reference_pyramid, write_planes
+from conftest import DATA, random_stack, reference_pyramid, write_planes
 from servekit import call
 from test_cli import assert_one_line_error
 from test_convert import assert_every_chunk_equal
@@ -106,8 +107,38 @@ def test_written_to_s3_equals_the_local_folder(tmp_path, s3, stack_and_planes, f
     url = f"{s3}/{fmt.replace(' --', '-')}"
     _convert(planes, local, fmt)
     _convert(planes, url, fmt)
+    local_files = _files(local)
+    if "--gzip" in fmt:  # name.gz in folders, the same bytes under the plain name in buckets
+        assert sum(name.endswith(".gz") for name in local_files) > 100
+        local_files = {name.removesuffix(".gz"): data for name, data in local_files.items()}
+    assert _objects(url) == local_files
+    assert_every_chunk_equal(url, reference_pyramid(stack, 4))
+
+
+@pytest.mark.parametrize("fmt", ["ngff", "ngff --sharded"])
+def test_ome_zarr_written_to_s3_equals_the_local_folder_and_is_served(
+    tmp_path, s3, stack_and_planes, fmt
+):
+    """The image is named after its folder: both destinations end in the same name."""
+    from precomputed_tif import open_volume
+    from precomputed_tif.serve import PrecomputedApp
+    from precomputed_tif.serve.config import resolve_source
+
+    stack, planes = stack_and_planes
+    local = str(tmp_path / "vol.ome.zarr")
+    url = f"{s3}/{fmt.replace(' --', '-')}/vol.ome.zarr"
+    _convert(planes, local, fmt)
+    _convert(planes, url, fmt)
     assert _objects(url) == _files(local)
     assert_every_chunk_equal(url, reference_pyramid(stack, 4))
+    assert open_volume(url).format == "ngff"
+    remote_app = PrecomputedApp(single=resolve_source("", url, None))
+    local_app = PrecomputedApp(single=resolve_source("", local, None))
+    assert json.loads(call(remote_app, "/info").body) == json.loads(call(local_app, "/info").body)
+    metadata = "/zarr.json" if "sharded" in fmt else "/.zattrs"
+    for path in (metadata, "/1_1_1/0-16_16-32_32-48", "/4_4_4/16-24_0-16_0-12"):
+        got, want = call(remote_app, path), call(local_app, path)
+        assert got.status == want.status == 200 and got.body == want.body, path
 
 
 @pytest.mark.slow
@@ -205,6 +236,163 @@ def test_served_from_s3_like_the_local_folder(tmp_path, s3, stack_and_planes, fm
     assert call(remote_app, "/.precomputed-tif/run.json").status == 404
     assert call(remote_app, "/../info").status == 400
     assert volume.pyramid.n_levels == 4
+
+
+@pytest.fixture(scope="module")
+def gzip_bucket(s3, stack_and_planes):
+    """The stack converted with --gzip into the bucket, under gzip-plain/."""
+    _convert(stack_and_planes[1], f"{s3}/gzip-plain", "precomputed --gzip")
+    return f"{s3}/gzip-plain"
+
+
+def test_gzip_in_a_bucket_has_content_encoding_and_tensorstore_reads_it(
+    gzip_bucket, stack_and_planes
+):
+    """--gzip to s3://: plain chunk names, Content-Encoding: gzip, as Neuroglancer expects."""
+    import fsspec
+
+    stack, _ = stack_and_planes
+    url = gzip_bucket
+    objects = _objects(url)
+    chunks = [name for name in objects if name != "info"]
+    assert chunks and not any(name.endswith(".gz") for name in chunks)
+    fs = fsspec.filesystem("s3")
+    for name in chunks[:: max(1, len(chunks) // 12)]:
+        head = fs.call_s3("head_object", Bucket=BUCKET, Key=f"gzip-plain/{name}")
+        assert head.get("ContentEncoding") == "gzip", name
+        assert objects[name][:2] == b"\x1f\x8b"
+    expected = reference_pyramid(stack, 4)
+    assert_every_chunk_equal(url, expected)  # our reader
+    ts = pytest.importorskip("tensorstore")
+    kvstore = {
+        "driver": "s3",
+        "bucket": BUCKET,
+        "path": "gzip-plain/",
+        "endpoint": os.environ["AWS_ENDPOINT_URL"],
+        "aws_region": "us-east-1",
+    }
+    for level, want in enumerate(expected):
+        array = ts.open(
+            {"driver": "neuroglancer_precomputed", "kvstore": kvstore, "scale_index": level}
+        ).result()
+        got = np.asarray(array.read().result())[..., 0].transpose(2, 1, 0)
+        np.testing.assert_array_equal(got, want, err_msg=f"level {level + 1}")
+
+
+def test_a_gzip_folder_copied_to_a_bucket_reads_and_serves(tmp_path, s3, stack_and_planes):
+    """name.gz objects (a --gzip folder copied as it is, or written by an earlier version)."""
+    import gzip
+
+    import fsspec
+
+    from precomputed_tif.serve import PrecomputedApp
+    from precomputed_tif.serve.config import resolve_source
+
+    stack, planes = stack_and_planes
+    local = str(tmp_path / "local")
+    _convert(planes, local, "precomputed --gzip")
+    fs = fsspec.filesystem("s3")
+    for name, data in _files(local).items():
+        fs.pipe_file(f"{BUCKET}/copied/{name}", data)
+    url = f"{s3}/copied"
+    assert any(name.endswith(".gz") for name in _objects(url))
+    expected = reference_pyramid(stack, 4)
+    assert_every_chunk_equal(url, expected)
+    app = PrecomputedApp(single=resolve_source("", url, None))
+    path = "/1_1_1/16-32_0-16_32-48"
+    packed = call(app, path, headers={"Accept-Encoding": "gzip"})
+    assert packed.status == 200 and packed.headers["content-encoding"] == "gzip"
+    got = np.frombuffer(gzip.decompress(packed.body), "<u2").reshape(16, 16, 16)
+    np.testing.assert_array_equal(got, expected[0][32:48, 0:16, 16:32])
+    plain = call(app, path)
+    assert "content-encoding" not in plain.headers and plain.body == got.tobytes()
+
+
+def _public_with_cors(fs) -> None:
+    """Anyone may GET the bucket's objects, from any origin (as a data-sharing bucket is set)."""
+    public = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{BUCKET}/*",
+            }
+        ],
+    }
+    fs.call_s3("put_bucket_policy", Bucket=BUCKET, Policy=json.dumps(public))
+    cors = {"CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]}]}
+    fs.call_s3("put_bucket_cors", Bucket=BUCKET, CORSConfiguration=cors)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_cloudvolume_reads_a_gzip_bucket_over_http(gzip_bucket, stack_and_planes):
+    import fsspec
+
+    cloudvolume = pytest.importorskip("cloudvolume")
+    stack, _ = stack_and_planes
+    fs = fsspec.filesystem("s3")
+    _public_with_cors(fs)
+    try:
+        url = f"precomputed://{os.environ['AWS_ENDPOINT_URL']}/{BUCKET}/gzip-plain"
+        for level, want in enumerate(reference_pyramid(stack, 4)[:2]):
+            vol = cloudvolume.CloudVolume(url, mip=level, progress=False)
+            got = np.asarray(vol[:, :, :])[..., 0].transpose(2, 1, 0)
+            np.testing.assert_array_equal(got, want, err_msg=f"level {level + 1}")
+    finally:
+        fs.call_s3("delete_bucket_policy", Bucket=BUCKET)
+
+
+@pytest.mark.slow
+def test_viewer_shows_a_gzip_volume_from_the_bucket(tmp_path, s3):
+    """Neuroglancer in headless Chromium reads the --gzip bucket directly (public, with CORS)."""
+    import fsspec
+
+    from test_serve_cli import (
+        RunningServer,
+        _need_browser,
+        _screenshots,
+        _stardist_volume,
+        _volume_in_screenshot,
+        _xy_view,
+    )
+
+    _need_browser()
+    stack, local = _stardist_volume(tmp_path, "--format", "precomputed", "--gzip")
+    planes = str(DATA / "stacks" / "stardist_img3d" / "planes")
+    _convert(planes, f"{s3}/viewer-gzip", "precomputed --gzip", "--voxel-size", "1,1,1")
+    fs = fsspec.filesystem("s3")
+    _public_with_cors(fs)
+    viewer = RunningServer("-d", local, "--viewer", log="WARNING")  # hands out the client
+    best = 0.0
+    try:
+        link = viewer.viewer_line.split("Viewer: ", 1)[1].strip()
+        state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
+        bucket_url = f"{os.environ['AWS_ENDPOINT_URL']}/{BUCKET}/viewer-gzip"
+        state["layers"][0]["source"] = f"precomputed://{bucket_url}"
+        low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
+        link = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
+        z = 15
+        expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
+        for image in _screenshots(_xy_view(link, z), tmp_path / "shots"):
+            seen = _volume_in_screenshot(image, stack.shape[1:])
+            if seen is None or seen.std() < 5:
+                continue  # no outline, or a uniform (black) panel
+            best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
+            if best > 0.9:
+                break
+    finally:
+        viewer.stop()
+        fs.call_s3("delete_bucket_policy", Bucket=BUCKET)
+    assert best > 0.9, f"the --gzip volume in the bucket does not show: {best:.2f}"
+
+
+def test_gzip_to_a_store_that_cannot_keep_content_encoding(tmp_path, stack_and_planes):
+    _, planes = stack_and_planes
+    args = ["--source", planes, "--dest", "memory://vol", "--format", "precomputed", "--gzip"]
+    done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
+    assert_one_line_error(done, "--gzip", "memory://", "s3://")
 
 
 def test_read_back_from_an_s3_url(tmp_path, s3, stack_and_planes):

@@ -18,7 +18,7 @@ from precomputed_tif import open_volume
 from precomputed_tif.geometry import chunks_in, full_box
 from precomputed_tif.serve import PrecomputedApp
 from precomputed_tif.serve.config import ConfigError, SourceTable, load_sources, resolve_source
-from precomputed_tif.wsgi_webserver import serve_precomputed
+from precomputed_tif.wsgi_webserver import make_app, serve_precomputed
 from servekit import call, make_volume
 
 FORMATS = ["tiff", "zarr", "blockfs"]
@@ -157,7 +157,7 @@ def test_unsatisfiable_range(volumes, header):
     assert reply.headers["content-range"] == "bytes */10240"
 
 
-@pytest.mark.parametrize("header", ["bytes=0-1,5-6", "items=0-5", "bytes=9-3"])
+@pytest.mark.parametrize("header", ["items=0-5", "bytes=9-3", "bytes=0-1,x"])
 def test_ranges_we_do_not_honour_get_the_whole_body(volumes, header):
     reply = call(app_for(volumes["raw"]), "/1_1_1/0.shard", headers={"Range": header})
     assert reply.status == 200 and len(reply.body) == 10240
@@ -391,8 +391,18 @@ def test_sources_reload_and_keep_the_last_good_list(sources_file, volumes, caplo
         ('[{"directory": "/tmp"}]', 'needs a string "name"'),
         ('[{"name": "a/b", "directory": "/tmp"}]', "plain word"),
         ('[{"name": "a", "directory": "/does/not/exist"}]', "does not exist"),
-        ('[{"name": "a", "directory": "."}, {"name": "a", "directory": "."}]', "twice"),
+        (
+            '[{"name": "a", "directory": ".", "format": "raw"}, {"name": "a", "directory": "."}]',
+            "twice",
+        ),
         ('[{"name": "a", "directory": ".", "format": "png"}]', "not one of"),
+        ('[{"name": "a", "directory": "."}]', 'holds no volume .* "format": "raw"'),
+        ('[{"name": "a", "directory": "/"}]', "the whole file system"),
+        ('[{"name": "a", "directory": "/", "format": "raw"}]', "the whole file system"),
+        ('[{"name": "etc", "directory": "/etc"}]', "/etc holds no volume"),
+        ('{"sources": [], "options": {"cache_size": "lots"}}', "not a size"),
+        ('{"sources": [], "options": {"gzip": "yes"}}', "true or false"),
+        ('{"sources": [], "options": {"threads": 4}}', "unknown options"),
     ],
 )
 def test_bad_sources_file_is_a_clear_error_at_start_up(tmp_path, content, message):
@@ -407,3 +417,58 @@ def test_format_is_detected(volumes):
         assert resolve_source("x", volumes[fmt], None).format == fmt
     moved = shutil.copytree(volumes["blockfs"], volumes["blockfs"] + "_moved")
     assert resolve_source("x", moved, None).format == "blockfs"
+
+
+def test_make_app_takes_the_settings_from_arguments_and_the_sources_file(tmp_path, volumes):
+    entries = [{"name": "blocks", "directory": volumes["blockfs"], "format": "blockfs"}]
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(entries))
+    app = make_app(str(plain))
+    assert (app.cors_origin, app.gzip_chunks, app.chunks.capacity) == ("*", False, 2**30)
+    chunk = "/blocks/1_1_1/0-16_0-16_0-16"
+    assert "content-encoding" not in call(app, chunk, headers={"Accept-Encoding": "gzip"}).headers
+
+    options = {"cache_size": "64M", "gzip": True, "cors_origin": "https://viewer.lab"}
+    configured = tmp_path / "configured.json"
+    configured.write_text(json.dumps({"sources": entries, "options": options}))
+    app = make_app(str(configured))
+    assert app.chunks.capacity == 64 * 2**20
+    reply = call(app, chunk, headers={"Accept-Encoding": "gzip", "Origin": "https://viewer.lab"})
+    assert reply.headers["content-encoding"] == "gzip"
+    assert reply.headers["access-control-allow-origin"] == "https://viewer.lab"
+    expected = call(make_app(str(plain)), chunk).body
+    assert gzip.decompress(reply.body) == expected
+
+    app = make_app(str(configured), cache_bytes=0, gzip_chunks=False, cors_origin="*")
+    reply = call(app, chunk, headers={"Accept-Encoding": "gzip"})
+    assert app.chunks.capacity == 0 and "content-encoding" not in reply.headers
+    assert reply.headers["access-control-allow-origin"] == "*" and reply.body == expected
+
+    served = call(
+        lambda environ, start: serve_precomputed(environ, start, str(configured), cache_bytes=5),
+        "/blocks/info",
+    )
+    assert served.headers["access-control-allow-origin"] == "https://viewer.lab"
+
+
+@pytest.mark.parametrize(
+    "info, served",
+    [
+        ({"@type": "neuroglancer_skeletons", "vertex_attributes": []}, True),
+        ({"@type": "neuroglancer_legacy_mesh"}, True),
+        ({"annotation_type": "POINT"}, True),
+        ({"type": "image", "scales": []}, True),
+        ({"hello": "world"}, False),
+        (None, False),
+    ],
+)
+def test_only_folders_holding_a_neuroglancer_source_are_detected(tmp_path, info, served):
+    if info is not None:
+        (tmp_path / "info").write_text(json.dumps(info))
+    (tmp_path / "notes.txt").write_text("private")
+    if served:
+        assert resolve_source("x", str(tmp_path), None).format == "raw"
+    else:
+        with pytest.raises(ConfigError, match="holds no volume"):
+            resolve_source("x", str(tmp_path), None)
+    assert resolve_source("x", str(tmp_path), "raw").format == "raw"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import http.client
+import contextlib
 import json
 import os
 import re
@@ -22,43 +22,7 @@ import tifffile
 from conftest import DATA, random_stack
 from precomputed_tif import open_volume
 from precomputed_tif.geometry import chunks_in, full_box
-from servekit import make_volume
-
-
-class RunningServer:
-    def __init__(self, *args: str, log: str = "INFO") -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "precomputed_tif.cli.serve", "-p", "0", "--log", log, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = self.process.stdout.readline()
-        match = re.search(r"at http://127\.0\.0\.1:(\d+)", line)
-        assert match, line + self.process.stderr.read()
-        self.port = int(match.group(1))
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.viewer_line = self.process.stdout.readline() if "--viewer" in args else ""
-
-    def connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-
-    def get(self, path: str, method: str = "GET", headers: dict | None = None):
-        conn = self.connection()
-        conn.request(method, path, headers=headers or {})
-        response = conn.getresponse()
-        body = response.read()
-        conn.close()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
-
-    def stop(self) -> str:
-        self.process.terminate()
-        try:
-            _, stderr = self.process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            _, stderr = self.process.communicate()
-        return stderr
+from servekit import RunningServer, make_volume, need_nginx, plain_nginx, readable_folder
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +109,104 @@ def test_bad_config_is_a_one_line_error_at_start_up(tmp_path):
     )
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def _start_error(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "precomputed_tif.cli.serve", "-p", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+def test_a_folder_without_a_volume_is_refused_unless_raw_is_asked(tmp_path):
+    (tmp_path / "notes.txt").write_text("private")
+    for args, cwd in [(("-d", str(tmp_path)), None), ((), str(tmp_path))]:
+        result = _start_error(*args, cwd=cwd)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr
+        assert f"{tmp_path} holds no volume" in lines[0] and "--format raw" in lines[0]
+    with RunningServer("-d", str(tmp_path), "--format", "raw") as server:
+        assert server.get("/notes.txt")[2] == b"private"
+
+
+def test_sources_file_options_reach_the_cli_server(tmp_path, volume_dir):
+    config = tmp_path / "sources.json"
+    entries = [{"name": "v", "directory": volume_dir}]
+    options = {"gzip": True, "cors_origin": "https://viewer.lab"}
+    config.write_text(json.dumps({"sources": entries, "options": options}))
+    chunk = "/v/1_1_1/0-16_0-16_0-16"
+    with RunningServer("--config", str(config)) as server:
+        status, headers, body = server.get(chunk, headers={"Accept-Encoding": "gzip"})
+        assert status == 200 and headers["content-encoding"] == "gzip"
+        assert headers["access-control-allow-origin"] == "https://viewer.lab"
+        expected = open_volume(volume_dir)[1][0:16, 0:16, 0:16]
+        assert imagecodecs.gzip_decode(body) == expected.astype("<u2").tobytes()
+    with RunningServer("--config", str(config), "--cors-origin", "*") as server:
+        assert server.get(chunk)[1]["access-control-allow-origin"] == "*"
+
+
+def test_slow_clients_time_out_and_normal_requests_are_served(volume_dir):
+    """Slow-loris: 300 clients each sending a header byte every 0.3 s, reconnecting when cut
+    off, against a limit of 100 connections; plain requests must all be answered meanwhile."""
+    import selectors
+    import socket
+    import threading
+
+    with RunningServer(
+        "-d", volume_dir, "--timeout", "2", "--connection-limit", "100", log="WARNING"
+    ) as server:
+        stop = threading.Event()
+        cut_off = [0]
+
+        def slow_clients() -> None:
+            selector = selectors.DefaultSelector()
+
+            def connect() -> None:
+                conn = socket.socket()
+                conn.setblocking(False)
+                conn.connect_ex(("127.0.0.1", server.port))
+                selector.register(conn, selectors.EVENT_READ, [b"GET /info HTTP/1.1\r\n", 0])
+
+            for _ in range(300):
+                connect()
+            while not stop.is_set():
+                for key, _ in selector.select(timeout=0.3):
+                    try:
+                        gone = key.fileobj.recv(4096) == b""
+                    except OSError:
+                        gone = True
+                    if gone:
+                        selector.unregister(key.fileobj)
+                        key.fileobj.close()
+                        cut_off[0] += 1
+                        connect()
+                for key in list(selector.get_map().values()):
+                    with contextlib.suppress(OSError):
+                        key.fileobj.send(b"X")  # an endless header line, a byte at a time
+                time.sleep(0.3)
+            for key in list(selector.get_map().values()):
+                key.fileobj.close()
+
+        attacker = threading.Thread(target=slow_clients, daemon=True)
+        attacker.start()
+        try:
+            time.sleep(1)
+            answered = []
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                status, _, body = server.get("/info")
+                answered.append(status)
+            assert answered and all(s == 200 for s in answered), answered
+        finally:
+            stop.set()
+            attacker.join(timeout=30)
+        assert cut_off[0] >= 100, "the server never closed the slow connections"
+        assert server.get("/info")[0] == 200
 
 
 # --- the viewer, in a real browser ------------------------------------------------------------
@@ -352,90 +414,84 @@ def test_viewer_in_headless_chromium_shows_the_volume(tmp_path, options):
     assert best > 0.9, f"the panel does not show plane {z}: correlation {best:.2f}"
 
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-NGINX_CONF = """
-worker_processes 1;
-{user}
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        location / {{
-            add_header Access-Control-Allow-Origin "*" always;
-            try_files $uri =404;
-        }}
-    }}
-}}
-"""
-
-
 @pytest.mark.slow
 def test_viewer_shows_a_sharded_volume_served_by_nginx(tmp_path):
     """Our sharded output needs no special server: plain nginx (byte ranges) serves it."""
     _need_browser()
-    if NGINX is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's nginx (see .ci/run)")
-        pytest.skip("nginx is not installed")
-    import socket
-
-    stack, dest = _stardist_volume(
-        tmp_path, "--format", "precomputed", "--sharded", "--task-memory", "1M"
-    )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    user = "user root;" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
-    (prefix / "nginx.conf").write_text(
-        NGINX_CONF.format(user=user, prefix=prefix, port=port, root=dest)
-    )
-    nginx = subprocess.Popen(
-        [NGINX, "-p", str(prefix) + "/", "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    server = RunningServer("-d", dest, "--viewer", log="WARNING")
+    need_nginx()
     best = 0.0
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                try:
-                    conn.request("GET", "/info")
-                    if conn.getresponse().status == 200:
-                        break
-                finally:
-                    conn.close()
-            except OSError:
-                time.sleep(0.1)
-        link = server.viewer_line.split("Viewer: ", 1)[1].strip()
-        state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
-        state["layers"][0]["source"] = f"precomputed://http://127.0.0.1:{port}"
-        low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
-        link = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
-        z = 15
-        expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
-        for image in _screenshots(_xy_view(link, z), tmp_path / "nginx-shots"):
-            seen = _volume_in_screenshot(image, stack.shape[1:])
-            if seen is None or seen.std() < 5:
-                continue
-            best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
-            if best > 0.9:
-                break
-    finally:
-        server.stop()
-        nginx.terminate()
-        nginx.communicate(timeout=20)
+    with readable_folder("viewer-nginx-") as folder:
+        stack, dest = _stardist_volume(
+            folder, "--format", "precomputed", "--sharded", "--task-memory", "1M"
+        )
+        with (
+            plain_nginx(dest, tmp_path / "nginx") as port,
+            RunningServer("-d", dest, "--viewer", log="WARNING") as server,
+        ):
+            link = server.viewer_line.split("Viewer: ", 1)[1].strip()
+            state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
+            state["layers"][0]["source"] = f"precomputed://http://127.0.0.1:{port}"
+            low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
+            link = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
+            z = 15
+            expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
+            for image in _screenshots(_xy_view(link, z), tmp_path / "nginx-shots"):
+                seen = _volume_in_screenshot(image, stack.shape[1:])
+                if seen is None or seen.std() < 5:
+                    continue
+                best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
+                if best > 0.9:
+                    break
     assert best > 0.9, f"the sharded volume served by nginx does not show: {best:.2f}"
+
+
+def _dump_dom(url: str, profile: str) -> str:
+    result = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--use-gl=angle",
+            "--use-angle=swiftshader",
+            "--enable-unsafe-swiftshader",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+            f"--user-data-dir={profile}",
+            "--window-size=1000,800",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_viewer_status_bar_is_clean_and_the_server_is_not_polled(tmp_path):
+    """The bundled client asks for /events/<token> (its Python server's state stream): it must
+    not show "Disconnected from Python server" nor ask the server every two seconds."""
+    _need_browser()
+    _, dest = _stardist_volume(tmp_path)
+    server = RunningServer("-d", dest, "--viewer", log="INFO")
+    try:
+        link = server.viewer_line.split("Viewer: ", 1)[1].strip()
+        dom = _dump_dom(link, str(tmp_path / "profile"))
+    finally:
+        log = server.stop()
+    assert 'id="neuroglancer-container"' in dom or "neuroglancer" in dom, dom[:500]
+    status = re.search(r'<ul id="neuroglancer-status-container">(.*?)</ul>', dom)
+    assert status is not None, "no status bar in the page"
+    shown = [
+        text
+        for style, text in re.findall(r'<li(?: style="([^"]*)")?>(.*?)</li>', status.group(1))
+        if "display: none" not in style
+    ]
+    assert not any("Python server" in text or "Disconnected" in text for text in shown), shown
+    assert "/v/ng/" in log  # the page was served (and logged) ...
+    assert "/events/" not in log  # ... and nobody polled the Python server's stream

@@ -55,14 +55,42 @@ def test_folder_source_takes_tif_and_tiff(tmp_path):
     np.testing.assert_array_equal(source.read(Box((0, 0, 0), source.size)), stack)
 
 
-def test_glob_is_sorted_alphabetically_and_warns_about_unpadded_numbers(tmp_path, caplog):
+def test_alphabetical_order_is_the_originals_and_warns_about_unpadded_numbers(tmp_path, caplog):
     stack = random_stack((3, 4, 5), "uint8")
     write_planes(tmp_path, stack, names=["img_1.tif", "img_10.tif", "img_2.tif"])
     with caplog.at_level(logging.WARNING):
-        source = open_source(str(tmp_path / "*.tif"))
+        source = open_source(str(tmp_path / "*.tif"), order="alphabetical")
     # alphabetical: img_1, img_10, img_2 -> planes 0, 1, 2 as written
     np.testing.assert_array_equal(source.read(Box((0, 0, 0), source.size)), stack)
     assert "without zero padding" in caplog.text and "'img_10.tif'" in caplog.text
+
+
+def test_natural_order_takes_unpadded_numbers_by_number(tmp_path, caplog):
+    stack = random_stack((20, 4, 5), "uint8", seed=3)
+    names = [f"img_{z + 1}.tif" for z in range(20)]
+    write_planes(tmp_path, stack, names=names)
+    with caplog.at_level(logging.INFO):
+        source = open_source(str(tmp_path / "*.tif"))
+    np.testing.assert_array_equal(source.read(Box((0, 0, 0), source.size)), stack)
+    assert "without zero padding" not in caplog.text
+    assert "20 planes in natural order: img_1.tif, img_2.tif, img_3.tif, ..., " in caplog.text
+    assert "img_18.tif, img_19.tif, img_20.tif" in caplog.text
+
+
+def test_natural_order_equals_alphabetical_for_padded_names():
+    from precomputed_tif.sources import sort_planes
+
+    names = [f"/d/s{s}/p_{z:04d}.tif" for s in (1, 2) for z in (0, 7, 10, 999)]
+    shuffled = names[::-1]
+    assert (
+        sort_planes(shuffled, "natural") == sorted(names) == sort_planes(shuffled, "alphabetical")
+    )
+    # digit runs anywhere in the path count, and equal numbers fall back to the text
+    assert sort_planes(["a10/x.tif", "a9/x.tif", "a09/x.tif"]) == [
+        "a09/x.tif",
+        "a9/x.tif",
+        "a10/x.tif",
+    ]
 
 
 def test_padded_numbers_do_not_warn(tmp_path, caplog):

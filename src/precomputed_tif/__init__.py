@@ -5,7 +5,9 @@ from .errors import PlanError, PrecomputedTifError, SourceError, StoreError, Sto
 from .pyramid import Pyramid, Scale, plan_pyramid
 from .read import Volume, VolumeLevel, open_volume
 from .sources import ArraySource, open_source
+from .stack import Stack
 from .stores import FORMATS, create_store, open_store
+from .zarr_stack import ZarrStack
 
 __version__ = "0.1.0"
 
@@ -18,10 +20,12 @@ __all__ = [
     "Pyramid",
     "Scale",
     "SourceError",
+    "Stack",
     "StoreError",
     "StoreExistsError",
     "Volume",
     "VolumeLevel",
+    "ZarrStack",
     "__version__",
     "convert",
     "create_store",

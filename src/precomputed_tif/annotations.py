@@ -59,7 +59,11 @@ def narrowest_type(values: np.ndarray) -> str:
 
 
 def _record_dtype(properties: Mapping[str, np.ndarray]) -> tuple[np.dtype, list[str]]:
-    """The on-disk record: xyz float32, then properties by alignment (4, 2, 1 bytes), padded."""
+    """The on-disk record: xyz float32, then properties by alignment (4, 2, 1 bytes), padded.
+
+    Within one alignment the given order is kept (the spec's rule), so listing the properties
+    in the returned order gives the byte order too.
+    """
     order = sorted(properties, key=lambda n: -np.dtype(properties[n].dtype).itemsize)
     fields: list[Any] = [("xyz", "<f4", (3,))]
     size = 12
@@ -256,7 +260,9 @@ def write_points(
         "lower_bound": lower.tolist(),
         "upper_bound": upper.tolist(),
         "annotation_type": "POINT",
-        "properties": [{"id": name, "type": str(props[name].dtype)} for name in props],
+        # listed in the records' byte order: readers that take the info order as the byte
+        # order (CloudVolume) and those that sort by alignment (Neuroglancer) then agree
+        "properties": [{"id": name, "type": str(props[name].dtype)} for name in order],
         "relationships": [],
         "by_id": by_id_entry,
         "spatial": spatial,

@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import (
     RESUME_HINT,
+    AlreadyConvertedError,
     IncompleteRunError,
     PrecomputedTifError,
     SourceError,
@@ -38,6 +39,7 @@ from .sources import PlaneSource, PlaneStamp
 from .stores import ChunkStore
 from .stores.base import INFO_NAME, STATE_DIR, TMP_DIR
 from .stores.blockfs import PartDamagedError
+from .stores.ngff import ngff_folders
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,10 @@ def source_stamps(source: PlaneSource) -> list[list[Any]]:
 
 
 def source_fingerprint(source: PlaneSource) -> str:
-    """A digest of what the source is (its planes' stamps, or its shape), to match on resume."""
+    """A digest of what the source is (its planes' stamps, or its shape), to match on resume.
+
+    Planes are digested in the order they are taken, so another ``--order`` is another stack.
+    """
     digest = hashlib.sha256()
     digest.update(repr((type(source).__name__, source.size, source.dtype.str)).encode())
     digest.update(json.dumps(source_stamps(source)).encode())
@@ -107,33 +112,91 @@ def _read_run(root: WritableLocation) -> dict[str, Any] | None:
 
 
 def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    for key in ("format", "source"):
-        if old.get(key) != new.get(key):
-            what = "input stack" if key == "source" else key
-            return f"its {what} differs ({old.get(key)!s:.16} vs {new.get(key)!s:.16})"
+    if old.get("format") != new.get("format"):
+        return f"it is --format {old.get('format')}, this run makes --format {new.get('format')}"
+    if old.get("source") != new.get("source"):
+        return "its input stack differs: " + _describe_plane_changes(
+            old.get("planes"), new.get("planes")
+        )
     old_info, new_info = old.get("info", {}), new.get("info", {})
     for key in ("data_type", "type"):
         if old_info.get(key) != new_info.get(key):
             return f"its {key} is {old_info.get(key)}, this run makes {new_info.get(key)}"
+    sharding = [
+        [(sc.get("sharding"), sc.get("shard_size")) for sc in info.get("scales", [])]
+        for info in (old_info, new_info)
+    ]
+    if sharding[0] != sharding[1] and len(sharding[0]) == len(sharding[1]):
+        return "its sharding differs (--sharded, or another task memory)"
     return "its levels, sizes, chunk size or voxel size differ"
+
+
+def _describe_plane_changes(old: Any, new: Any) -> str:
+    """Which planes differ between two recorded plane lists, in a line."""
+    if not isinstance(old, list) or not isinstance(new, list):
+        return "the planes' names, sizes or order changed"
+
+    def show(names: list[str]) -> str:
+        return ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+
+    old_names = [str(p[0]) for p in old]
+    new_names = [str(p[0]) for p in new]
+    added = [n for n in new_names if n not in set(old_names)]
+    removed = [n for n in old_names if n not in set(new_names)]
+    if added or removed:
+        parts = [f"the run was of {len(old)} planes, now {len(new)}"]
+        if added:
+            parts.append(f"new: {show(added)}")
+        if removed:
+            parts.append(f"gone: {show(removed)}")
+        return "; ".join(parts)
+    if old_names != new_names:
+        moved = [n for n, m in zip(new_names, old_names) if n != m]
+        return f"the planes are taken in another order (first moved: {show(moved)}; see --order)"
+    old_sizes = {str(p[0]): p[1] for p in old}
+    changed = [
+        f"{p[0]} ({old_sizes[p[0]]} -> {p[1]} bytes)" for p in new if old_sizes[p[0]] != p[1]
+    ]
+    if changed:
+        return f"changed since the run started: {', '.join(changed[:3])}" + (
+            f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        )
+    return "the planes changed"
+
+
+def _foreign_names(root: WritableLocation, known: set[str]) -> list[str]:
+    return sorted(set(root.names()) - known)
+
+
+def _foreign_message(dest: str, foreign: list[str], *, overwriting: bool) -> str:
+    listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    verb = "refusing to overwrite them" if overwriting else "they are not part of a volume"
+    inside = dest.rstrip("/") + "/volume"
+    return (
+        f"--dest {dest!r} holds files of yours ({listed}); {verb}: give an empty or new "
+        f"folder, e.g. --dest {inside!r}"
+    )
+
+
+def _volume_names(root: WritableLocation) -> set[str]:
+    """Names a volume made by this tool (or the original) may leave in its folder."""
+    known = {INFO_NAME, STATE_DIR, ".zgroup", ".zattrs", "zarr.json"}
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        known |= {s["key"] for s in json.loads(root.read(INFO_NAME) or b"")["scales"]}
+    return known | ngff_folders(root)
 
 
 def _clear_destination(root: WritableLocation, dest: str) -> None:
     """Remove a previous volume, refusing when the folder holds anything else."""
     run = _read_run(root)
-    known = {INFO_NAME, STATE_DIR, ".zgroup"}
+    known = _volume_names(root)
     if run and "info" in run:
         known |= {s["key"] for s in run["info"]["scales"]}
-    else:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            known |= {s["key"] for s in json.loads(root.read(INFO_NAME) or b"")["scales"]}
+        known |= {str(i) for i in range(len(run["info"]["scales"]))}  # ngff levels
     names = root.names()
-    foreign = sorted(set(names) - known)
+    foreign = _foreign_names(root, known)
     if foreign:
-        raise StoreExistsError(
-            f"--dest {dest!r} holds files that are not part of a volume ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); refusing to overwrite: choose an empty folder"
-        )
+        raise StoreExistsError(_foreign_message(dest, foreign, overwriting=True))
     for name in names:
         root.remove(name)
 
@@ -161,24 +224,36 @@ def prepare_destination(
             assert run is not None
             log.info("resuming the conversion recorded in %s/%s", dest, _state_name(RUN_FILE))
             return run
+        elif same and run is not None and run.get("complete"):
+            raise AlreadyConvertedError(
+                f"{dest} already holds this volume, converted from the same stack with the same "
+                "settings: nothing to do (--overwrite makes it again)"
+            )
         elif same:
-            assert run is not None
-            state = "a finished" if run.get("complete") else "an unfinished"
-            hint = "nothing to do" if run.get("complete") else "add --resume to finish it"
             raise StoreExistsError(
-                f"--dest {dest!r} already holds {state} conversion of this stack: {hint}, "
-                "or add --overwrite to start again"
+                f"--dest {dest!r} holds an unfinished conversion of this stack: run the same "
+                "command with --resume to finish it (or --overwrite to start again)"
             )
         elif run:
+            run.setdefault("planes", _recorded_planes(root))
+            remedy = "run with --overwrite to replace it (or choose another --dest)"
+            if resume and run.get("format") == wanted["format"]:
+                remedy = (
+                    "its finished parts cannot be kept: run the same command with --overwrite "
+                    "instead of --resume to convert it again"
+                )
             raise StoreExistsError(
                 f"--dest {dest!r} holds a different volume ({_describe_difference(run, wanted)}); "
-                "choose another folder or add --overwrite to replace it"
+                + remedy
             )
         else:
-            what = "a volume" if root.stamp(INFO_NAME) is not None else "files"
+            foreign = _foreign_names(root, _volume_names(root))
+            if foreign:
+                raise StoreExistsError(_foreign_message(dest, foreign, overwriting=False))
             raise StoreExistsError(
-                f"--dest {dest!r} already holds {what} not made by this tool's current run; "
-                "choose an empty folder or add --overwrite to replace it"
+                f"--dest {dest!r} already holds a volume this tool did not start (made by the "
+                "original tool, or by another program): run with --overwrite to replace it, or "
+                "choose another --dest"
             )
     root.write(_state_name(PLANES_FILE), json.dumps(wanted.pop("planes", [])).encode())
     root.write(_state_name(RUN_FILE), json.dumps(wanted, indent=1).encode())
@@ -193,12 +268,18 @@ def _same_except_source(run: dict[str, Any], wanted: dict[str, Any]) -> bool:
     )
 
 
-def _source_change(root: WritableLocation, wanted: dict[str, Any]) -> str:
+def _recorded_planes(root: WritableLocation) -> list[list[Any]]:
+    """The plane stamps the run in `root` began with ([] when unknown)."""
     try:
         old = json.loads(root.read(_state_name(PLANES_FILE)) or b"[]")
-    except ValueError:
-        old = []
-    return _changed_plane(old, wanted.get("planes", [])) or "the input stack changed"
+    except (OSError, ValueError):
+        return []
+    return old if isinstance(old, list) else []
+
+
+def _source_change(root: WritableLocation, wanted: dict[str, Any]) -> str:
+    old, new = _recorded_planes(root), wanted.get("planes", [])
+    return _changed_plane(old, new) or _describe_plane_changes(old, new)
 
 
 def _stage_to_json(stage: Stage) -> dict[str, Any]:
@@ -222,6 +303,7 @@ class _DoneLog:
         self.name = _state_name(f"done-{stage.first}")
         self.file = None
         if isinstance(root, LocalLocation):
+            os.makedirs(os.path.join(root.path, STATE_DIR), exist_ok=True)
             self.file = open(os.path.join(root.path, *self.name.split("/")), "a", encoding="ascii")
 
     def read(self) -> set[int]:
@@ -263,7 +345,26 @@ def run_in_order(executor: Executor, tasks: list[Task], window: int) -> Iterator
             future.cancel()
 
 
-def convert(
+@dataclass
+class StageRun:
+    """One stage of a conversion as it runs: iterate `results` (to the end) to do its work.
+
+    `tasks` in all, those in `done` finished by an earlier, interrupted run; `results` yields a
+    `TaskResult` as each remaining task finishes, and finishes the levels when exhausted.
+    """
+
+    stage: Stage
+    tasks: list[Task]
+    done: set[int]
+    results: Iterator[TaskResult]
+
+    @property
+    def n_todo(self) -> int:
+        """Tasks `results` will yield."""
+        return len(self.tasks) - len(self.done)
+
+
+def iter_convert(
     source: PlaneSource,
     store: ChunkStore,
     *,
@@ -272,9 +373,10 @@ def convert(
     resume: bool = False,
     overwrite: bool = False,
     repair: bool = False,
-    progress: Progress | None = None,
-) -> None:
-    """Convert `source` into `store` (whose pyramid says what to make), running on `executor`.
+) -> Iterator[StageRun]:
+    """`convert` one stage at a time, for callers that drive progress by iterating (a
+    ``tqdm.tqdm`` over each stage's results). Each stage's `results` must be exhausted before
+    the next stage is asked for; the ``info`` is written once the last stage is.
 
     `resume` finishes an interrupted run; `repair` (which implies it) then checks every chunk and
     makes the damaged or missing ones again, with the coarser chunks made from them. A worker or
@@ -301,24 +403,21 @@ def convert(
     _warn_about_crowded_folders(store)
     for line in describe_plan(pyramid, stages, store.format_name, source.read_overhead_bytes):
         log.info("%s", line)
-    try:
-        if not run.get("complete"):
-            for stage in stages:
-                started = time.perf_counter()
-                _run_stage(source, store, stage, executor, budget.n_workers, progress)
-                elapsed = time.perf_counter() - started
-                log.info("levels %d-%d done in %.1f s", stage.first, stage.last, elapsed)
-        if repair:
-            from .repair import repair_volume
+    if not run.get("complete"):
+        for stage in stages:
+            started = time.perf_counter()
+            yield _start_stage(source, store, stage, executor, budget.n_workers)
+            elapsed = time.perf_counter() - started
+            log.debug("levels %d-%d done in %.1f s", stage.first, stage.last, elapsed)
+    if repair:
+        from .repair import repair_volume
 
+        try:
             repair_volume(source, store, stages, executor, budget.n_workers, run)
-    except IncompleteRunError:
-        raise
-    except Exception as exc:
-        reason = describe_failure(exc)
-        if reason is None:
+        except IncompleteRunError:
             raise
-        raise IncompleteRunError(f"{reason}; {RESUME_HINT}") from exc
+        except Exception as exc:
+            raise _incomplete(exc) from exc
     store.write_info()
     run["complete"] = True
     store.files.write(_state_name(RUN_FILE), json.dumps(run, indent=1).encode())
@@ -361,6 +460,89 @@ def describe_failure(exc: BaseException) -> str | None:
     return None
 
 
+def convert(
+    source: PlaneSource,
+    store: ChunkStore,
+    *,
+    executor: Executor,
+    budget: Budget,
+    resume: bool = False,
+    overwrite: bool = False,
+    repair: bool = False,
+    progress: Progress | None = None,
+) -> None:
+    """Convert `source` into `store` (whose pyramid says what to make), running on `executor`.
+
+    See `iter_convert` for `resume` and `repair`.
+    """
+    for stage_run in iter_convert(
+        source,
+        store,
+        executor=executor,
+        budget=budget,
+        resume=resume,
+        overwrite=overwrite,
+        repair=repair,
+    ):
+        _consume(stage_run, store.pyramid, progress)
+
+
+def make_levels(
+    source: PlaneSource | None,
+    store: ChunkStore,
+    levels: range,
+    *,
+    executor: Executor,
+    budget: Budget,
+) -> Iterator[StageRun]:
+    """Make `levels` of `store` now, one stage at a time (iterate each stage's `results`).
+
+    Level 1 comes from `source`; a coarser first level from the level before it, read back from
+    the store, whoever wrote it. No run record is kept and work left by an interrupted call is
+    discarded first: this is the original's ``write_level_1`` / ``write_level_n``, for
+    volumes whose ``info`` was written up front.
+    """
+    read_overhead = source.read_overhead_bytes if source is not None and levels.start == 1 else 0
+    stages = plan_stages(
+        store.pyramid,
+        task_budget_bytes=budget.task_bytes,
+        n_workers=budget.n_workers,
+        read_overhead=read_overhead,
+        levels=levels,
+    )
+    for stage in stages:
+        marks = (_state_name(f"done-{stage.first}"), stage_complete_name(stage))
+        for name in marks:
+            store.files.remove(name)
+        for level in stage.levels:
+            store.discard_level_work(level)
+        yield _start_stage(source, store, stage, executor, budget.n_workers)
+        for name in marks:  # nothing to resume: the next call starts afresh anyway
+            store.files.remove(name)
+    store.clean_up()
+    store.files.remove(_state_name(TMP_DIR))
+    store.remove_empty_state()
+
+
+def _consume(stage_run: StageRun, pyramid: Pyramid, progress: Progress | None) -> None:
+    """Run a stage to its end, reporting voxels per level to `progress`."""
+    stage, tasks, done = stage_run.stage, stage_run.tasks, stage_run.done
+    if progress is not None:
+        for level in stage.levels:
+            sx, sy, sz = pyramid.scale(level).size
+            already = sum(
+                t.box.scaled_down(2 ** (level - stage.first), pyramid.scale(level).size).voxels
+                for t in tasks
+                if t.index in done
+            )
+            progress(level, already, sx * sy * sz)
+    for result in stage_run.results:
+        if progress is not None:
+            for level, voxels in result.voxels_per_level.items():
+                sx, sy, sz = pyramid.scale(level).size
+                progress(level, voxels, sx * sy * sz)
+
+
 CROWDED_FOLDER = 100_000
 
 
@@ -398,24 +580,57 @@ def stage_complete_name(stage: Stage) -> str:
     return _state_name(f"done-{stage.first}.complete")
 
 
-def _run_stage(
-    source: PlaneSource,
+def _start_stage(
+    source: PlaneSource | None,
     store: ChunkStore,
     stage: Stage,
     executor: Executor,
     n_workers: int,
-    progress: Progress | None,
-) -> None:
+) -> StageRun:
     pyramid = store.pyramid
-    if store.files.stamp(stage_complete_name(stage)) is not None:
-        if progress is not None:
-            for level in stage.levels:
-                sx, sy, sz = pyramid.scale(level).size
-                progress(level, sx * sy * sz, sx * sy * sz)
-        return
     tasks = stage_tasks(pyramid, stage, store, source)
+    if store.files.stamp(stage_complete_name(stage)) is not None:
+        return StageRun(stage, tasks, {t.index for t in tasks}, iter(()))
     done_log = _DoneLog(store.files, stage)
     done = done_log.read()
+    results = _stage_results(store, stage, tasks, done, done_log, executor, n_workers)
+    return StageRun(stage, tasks, done, results)
+
+
+def _stage_results(
+    store: ChunkStore,
+    stage: Stage,
+    tasks: list[Task],
+    done: set[int],
+    done_log: _DoneLog,
+    executor: Executor,
+    n_workers: int,
+) -> Iterator[TaskResult]:
+    try:
+        yield from _run_stage_tasks(store, stage, tasks, done, done_log, executor, n_workers)
+    except IncompleteRunError:
+        raise
+    except Exception as exc:
+        raise _incomplete(exc) from exc
+
+
+def _incomplete(exc: Exception) -> Exception:
+    """`exc` as the one-line `IncompleteRunError` a user can act on, or itself (a bug)."""
+    reason = describe_failure(exc)
+    if reason is None:
+        return exc
+    return IncompleteRunError(f"{reason}; {RESUME_HINT}")
+
+
+def _run_stage_tasks(
+    store: ChunkStore,
+    stage: Stage,
+    tasks: list[Task],
+    done: set[int],
+    done_log: _DoneLog,
+    executor: Executor,
+    n_workers: int,
+) -> Iterator[TaskResult]:
     prepare_stage(store, stage)
     finished: dict[int, TaskResult | None] = {i: None for i in done}
     next_commit = 0
@@ -436,26 +651,14 @@ def _run_stage(
             commit(next_commit)
             next_commit += 1
 
-    if progress is not None:
-        totals = {level: pyramid.scale(level).size for level in stage.levels}
-        for level, (sx, sy, sz) in totals.items():
-            already = sum(
-                t.box.scaled_down(2 ** (level - stage.first), pyramid.scale(level).size).voxels
-                for t in tasks
-                if t.index in done
-            )
-            progress(level, already, sx * sy * sz)
     commit_ready()
     try:
         todo = [t for t in tasks if t.index not in done]
         for result in run_in_order(executor, todo, window=2 * n_workers + 1):
             done_log.add(result.index)
             finished[result.index] = result
-            if progress is not None:
-                for level, voxels in result.voxels_per_level.items():
-                    sx, sy, sz = pyramid.scale(level).size
-                    progress(level, voxels, sx * sy * sz)
             commit_ready()
+            yield result
     finally:
         done_log.close()
     for level in stage.levels:

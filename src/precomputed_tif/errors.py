@@ -28,6 +28,10 @@ class PlanError(PrecomputedTifError, ValueError):
     """The requested pyramid or task plan is impossible (bad levels, chunk size, memory)."""
 
 
+class AlreadyConvertedError(StoreExistsError):
+    """The destination already holds the finished conversion asked for: nothing to do."""
+
+
 RESUME_HINT = "the volume is incomplete: run again with --resume to finish"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -35,10 +36,33 @@ class SerialExecutor(Executor):
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-class _Pool(ProcessPoolExecutor):
-    """A process pool whose shutdown cannot hang: a worker SIGKILLed while it held the task
-    queue's lock leaves its siblings blocked on that lock forever, and the standard shutdown
-    waits for them forever too."""
+def process_pool(n_workers: int) -> ProcessPoolExecutor:
+    """A pool of `n_workers` processes; forkserver on Linux (fork is unsafe with threads).
+
+    Workers ignore Ctrl-C (the terminal sends it to the whole process group): the driver alone
+    decides what an interrupt means. Leaving the pool on an exception stops the workers at once
+    instead of waiting for their tasks, which is safe because a task that did not report back
+    is not recorded as done and runs again on resume.
+    """
+    if sys.platform.startswith("linux"):
+        context = multiprocessing.get_context("forkserver")
+        # imported once in the server, inherited by every worker it forks
+        context.set_forkserver_preload(
+            ["precomputed_tif.run", "numcodecs.blosc", "tifffile", "imagecodecs"]
+        )
+    else:
+        context = multiprocessing.get_context("spawn")
+    return _StoppablePool(max_workers=n_workers, mp_context=context, initializer=_ignore_sigint)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _StoppablePool(ProcessPoolExecutor):
+    """A process pool that, left because of an error or Ctrl-C, stops its workers at once, and
+    whose shutdown cannot hang: a worker SIGKILLed while it held the task queue's lock leaves
+    its siblings blocked on that lock forever, and the standard shutdown waits for them too."""
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         # the standard shutdown forgets both; keep them to wait (CPython's own attributes)
@@ -55,18 +79,23 @@ class _Pool(ProcessPoolExecutor):
         if manager is not None:
             manager.join(SHUTDOWN_GRACE_SECONDS)
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        if exc_type is None:
+            return super().__exit__(exc_type, exc, tb)
+        self.stop()
+        return None
 
-def process_pool(n_workers: int) -> ProcessPoolExecutor:
-    """A pool of `n_workers` processes; forkserver on Linux (fork is unsafe with threads)."""
-    if sys.platform.startswith("linux"):
-        context = multiprocessing.get_context("forkserver")
-        # imported once in the server, inherited by every worker it forks
-        context.set_forkserver_preload(
-            ["precomputed_tif.run", "numcodecs.blosc", "tifffile", "imagecodecs"]
-        )
-    else:
-        context = multiprocessing.get_context("spawn")
-    return _Pool(max_workers=n_workers, mp_context=context)
+    def stop(self) -> None:
+        """Cancel queued tasks and end the workers now (running tasks are lost, not recorded)."""
+        processes = list((getattr(self, "_processes", None) or {}).values())
+        self.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
 
 
 class DaskExecutor:

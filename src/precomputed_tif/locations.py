@@ -5,7 +5,9 @@ Reads return None for a missing file (HTTP 404/403, as Neuroglancer treats them)
 tell "never written" from a failure. HTTP keeps one keep-alive connection per thread and host;
 ``name.gz`` files are tried after ``name`` for local folders written with gzip. Folders and
 object stores can also be written: every write replaces a whole file at once (a temporary file
-renamed into place, or one PUT), so readers never see half a chunk.
+renamed into place, or one PUT), so readers never see half a chunk. Gzipped files follow each
+place's convention: ``name.gz`` in folders (web servers' ``gzip_static``), the plain name with
+``Content-Encoding: gzip`` metadata in buckets (what browsers and TensorStore unpack).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import gzip
 import hashlib
 import http.client
 import os
+import secrets
 import shutil
-import tempfile
 import threading
 import urllib.parse
+import zlib
 from typing import Any, Protocol
 
 from .errors import StoreError
@@ -45,17 +48,19 @@ def write_atomically(path: str, data: bytes | memoryview, tmp_dir: str | None = 
     """Write `data` to `path` so that readers see either the old file or the whole new one.
 
     The bytes go first to a temporary file in `tmp_dir` (on the same file system; default: beside
-    `path`), so a process killed mid-write leaves its debris there, not among the chunks.
+    `path`), so a process killed mid-write leaves its debris there, not among the chunks. The file
+    gets the modes the user's umask gives, as ``cp`` would (``mkstemp``'s 0600 would leave a
+    volume unreadable by the web server meant to serve it).
     """
     folder = tmp_dir or os.path.dirname(path) or "."
-    suffix = "-" + os.path.basename(path)
+    name = os.path.basename(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+        fd, tmp = _create_temporary(folder, name)
     except FileNotFoundError:
         if tmp_dir is None:
             raise
         os.makedirs(tmp_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+        fd, tmp = _create_temporary(folder, name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -66,6 +71,17 @@ def write_atomically(path: str, data: bytes | memoryview, tmp_dir: str | None = 
         raise
 
 
+def _create_temporary(folder: str, name: str) -> tuple[int, str]:
+    """A new hidden file beside `name`, open for writing, mode 0666 less the umask."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(folder, f".tmp-{secrets.token_hex(6)}-{name}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def file_stamp(path: str) -> tuple[int, int] | None:
     """(modification time in ns, size) of a file, or None when it does not exist."""
     try:
@@ -73,6 +89,35 @@ def file_stamp(path: str) -> tuple[int, int] | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return (stat.st_mtime_ns, stat.st_size)
+
+
+GZIP_MAGIC = b"\x1f\x8b\x08"
+# how each object store's fsspec file system is told to store Content-Encoding: gzip
+GZIP_METADATA: dict[str, dict[str, Any]] = {
+    "s3": {"ContentEncoding": "gzip"},
+    "s3a": {"ContentEncoding": "gzip"},
+    "gs": {"fixed_key_metadata": {"content_encoding": "gzip"}},
+    "gcs": {"fixed_key_metadata": {"content_encoding": "gzip"}},
+}
+
+
+def can_write_gzip(url: str) -> bool:
+    """Whether gzipped files written to `url` stay readable by others (folders, s3, gs)."""
+    return not is_remote(url) or url_scheme(url) in GZIP_METADATA
+
+
+def gzip_content(blob: bytes) -> bytes | None:
+    """The unpacked content when `blob` is a whole gzip stream (its checksum holds), else None.
+
+    Object-store clients hand over objects stored with ``Content-Encoding: gzip`` as stored; a
+    file whose bytes merely begin like gzip fails the checksum and is left alone.
+    """
+    if not blob.startswith(GZIP_MAGIC):
+        return None
+    try:
+        return gzip.decompress(blob)
+    except (OSError, EOFError, zlib.error):
+        return None
 
 
 def _gunzip(content: bytes, where: str) -> bytes:
@@ -90,6 +135,10 @@ class Location(Protocol):
 
     def read_range(self, name: str, offset: int, size: int) -> bytes | None: ...
 
+    def read_suffix(self, name: str, size: int) -> bytes | None:
+        """The last `size` bytes (all of a shorter file): zarr v3 shard indexes end a file."""
+        ...
+
     def child(self, name: str) -> Location: ...
 
 
@@ -97,6 +146,10 @@ class WritableLocation(Location, Protocol):
     """A location that can also be written: a local folder or an object store."""
 
     def write(self, name: str, data: bytes | memoryview) -> None: ...
+
+    def write_gzip(self, name: str, packed: bytes) -> None:
+        """Store gzip bytes so that web servers and readers unpack them for `name`."""
+        ...
 
     def stamp(self, name: str) -> tuple[int, int] | None:
         """(a number that changes when the file does, size), or None when it is missing."""
@@ -129,6 +182,9 @@ class LocalLocation:
         except FileNotFoundError:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             write_atomically(path, data, self.tmp_dir)
+
+    def write_gzip(self, name: str, packed: bytes) -> None:
+        self.write(name + ".gz", packed)  # what gzip_static web servers look for
 
     def stamp(self, name: str) -> tuple[int, int] | None:
         return file_stamp(self._file(name))
@@ -164,6 +220,14 @@ class LocalLocation:
         try:
             with open(self._file(name), "rb") as f:
                 f.seek(offset)
+                return f.read(size)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def read_suffix(self, name: str, size: int) -> bytes | None:
+        try:
+            with open(self._file(name), "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - size))
                 return f.read(size)
         except (FileNotFoundError, NotADirectoryError):
             return None
@@ -248,6 +312,10 @@ class HttpLocation:
             return b""
         return self._get(name, {"Range": f"bytes={offset}-{offset + size - 1}"})
 
+    def read_suffix(self, name: str, size: int) -> bytes | None:
+        body = self._get(name, {"Range": f"bytes=-{size}"})
+        return None if body is None else body[-size:]  # a server ignoring Range sends it all
+
     def child(self, name: str) -> HttpLocation:
         """The location under `name`, sharing this one's connections (same host)."""
         child = HttpLocation(self.url + "/" + name)
@@ -307,9 +375,28 @@ class FsspecLocation:
         except (OSError, ValueError) as exc:
             raise self._fail("read", name, exc) from exc
 
+    def read_suffix(self, name: str, size: int) -> bytes | None:
+        try:
+            total = int(self.fs.size(self._path(name)))
+            start = max(0, total - size)
+            return bytes(self.fs.cat_file(self._path(name), start=start, end=total))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise self._fail("read", name, exc) from exc
+
     def write(self, name: str, data: bytes | memoryview) -> None:
         try:
             self.fs.pipe_file(self._path(name), bytes(data))
+        except (OSError, ValueError) as exc:
+            raise self._fail("write", name, exc) from exc
+
+    def write_gzip(self, name: str, packed: bytes) -> None:
+        metadata = GZIP_METADATA.get(url_scheme(self.url))
+        if metadata is None:
+            raise StoreError(f"{self.url} cannot store Content-Encoding: gzip for {name}")
+        try:
+            self.fs.pipe_file(self._path(name), packed, **metadata)
         except (OSError, ValueError) as exc:
             raise self._fail("write", name, exc) from exc
 

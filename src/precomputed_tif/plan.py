@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .errors import PlanError
 from .geometry import XYZ, Box
-from .pyramid import Pyramid
+from .pyramid import Pyramid, Scale
 from .sharding import ShardingSpec
 from .sources import PlaneSource
 from .stores import ChunkStore
@@ -90,17 +90,26 @@ def count_tasks(pyramid: Pyramid, stage: Stage) -> int:
 
 
 def plan_stages(
-    pyramid: Pyramid, *, task_budget_bytes: int, n_workers: int, read_overhead: int = 0
+    pyramid: Pyramid,
+    *,
+    task_budget_bytes: int,
+    n_workers: int,
+    read_overhead: int = 0,
+    levels: range | None = None,
 ) -> tuple[Stage, ...]:
-    """Stages covering every level, each task within `task_budget_bytes`."""
+    """Stages covering every level (or only `levels`), each task within `task_budget_bytes`."""
+    levels = levels if levels is not None else range(1, pyramid.n_levels + 1)
     stages = []
-    first = 1
-    while first <= pyramid.n_levels:
+    first = levels.start
+    while first < levels.stop:
         overhead = read_overhead if first == 1 else 0
-        chosen = _choose_stage(pyramid, first, task_budget_bytes, n_workers, overhead, cut_x=False)
+        last = levels.stop - 1
+        chosen = _choose_stage(
+            pyramid, first, last, task_budget_bytes, n_workers, overhead, cut_x=False
+        )
         if chosen is None:
             chosen = _choose_stage(
-                pyramid, first, task_budget_bytes, n_workers, overhead, cut_x=True
+                pyramid, first, last, task_budget_bytes, n_workers, overhead, cut_x=True
             )
         if chosen is None:
             need = task_bytes(pyramid, first, pyramid.scale(first).chunk_size, read_overhead)
@@ -115,27 +124,50 @@ def plan_stages(
 
 
 def _shard_block_stage(pyramid: Pyramid, level: int) -> Stage:
-    """A sharded level is made a shard at a time: the task region is one shard's block."""
-    from .sharding import ShardingSpec, block_of_low_bits
+    """A sharded level is made a shard at a time: the task region is one shard's block; the
+    stage goes on through the next levels whose shards are that block downsampled."""
+    from .sharding import ShardingSpec, block_voxels, halved_region, region_is_shard_block
+
+    def spec(scale: Scale) -> ShardingSpec:
+        return ShardingSpec.from_json(scale.sharding_json or {})
 
     scale = pyramid.scale(level)
-    spec = ShardingSpec.from_json(scale.sharding_json or {})
-    block = block_of_low_bits(scale.grid_shape, spec.preshift_bits + spec.minishard_bits)
-    x, y, z = (c * b for c, b in zip(scale.chunk_size, block))
-    return Stage(level, level, (x, y, z))
+    first_region = region = block_voxels(scale.grid_shape, scale.chunk_size, spec(scale))
+    last = level
+    while last < pyramid.n_levels:
+        finer, coarser = pyramid.scale(last), pyramid.scale(last + 1)
+        below = halved_region(region, finer.size, coarser.size)
+        if coarser.sharding is None or below is None:
+            break
+        args = (coarser.grid_shape, coarser.chunk_size, coarser.size, below, spec(coarser))
+        if not region_is_shard_block(*args):
+            break
+        region, last = below, last + 1
+    return Stage(level, last, first_region)
 
 
 def _choose_stage(
-    pyramid: Pyramid, first: int, budget: int, n_workers: int, overhead: int, *, cut_x: bool
+    pyramid: Pyramid,
+    first: int,
+    last: int,
+    budget: int,
+    n_workers: int,
+    overhead: int,
+    *,
+    cut_x: bool,
 ) -> Stage | None:
-    """The deepest stage from `first` that fits `budget` and still keeps every worker busy."""
+    """The deepest stage from `first` (up to `last`) that fits `budget` and keeps every
+    worker busy."""
     if pyramid.scale(first).sharding is not None:
         return _shard_block_stage(pyramid, first)
+    shard_size = pyramid.scale(first).shard_size
+    if shard_size is not None:
+        return Stage(first, first, shard_size)  # a zarr shard is written whole by one task
     shallow = _region_for(pyramid, first, 1, budget, overhead, cut_x=cut_x)
     if shallow is None:
         return None
     shallow_tasks = count_tasks(pyramid, Stage(first, first, shallow))
-    for depth in range(pyramid.n_levels - first + 1, 1, -1):
+    for depth in range(last - first + 1, 1, -1):
         region = _region_for(pyramid, first, depth, budget, overhead, cut_x=cut_x)
         if region is None:
             continue
@@ -158,12 +190,14 @@ def stage_boxes(pyramid: Pyramid, stage: Stage) -> list[Box]:
 
 
 def stage_tasks(
-    pyramid: Pyramid, stage: Stage, store: ChunkStore, source: PlaneSource
+    pyramid: Pyramid, stage: Stage, store: ChunkStore, source: PlaneSource | None
 ) -> list[Task]:
-    """The tasks of `stage`, in the order of `stage_boxes`."""
+    """The tasks of `stage`, in the order of `stage_boxes` (`source` is read by stages that
+    start at level 1 only)."""
     tasks = []
     for index, box in enumerate(stage_boxes(pyramid, stage)):
         if stage.first == 1:
+            assert source is not None, "level 1 is made from a source"
             z0, z1 = box.start[2], box.stop[2]
             tasks.append(Task(index, stage, box, store, source.sub_stack(z0, z1), z0))
         else:
@@ -207,6 +241,8 @@ def level_plans(pyramid: Pyramid, format_name: str) -> list[LevelPlan]:
             files = _shard_files(
                 scale.grid_shape, ShardingSpec.from_json(scale.sharding_json or {})
             )
+        elif scale.shard_size is not None:
+            files = math.prod(-(-s // b) for s, b in zip(scale.size, scale.shard_size))
         else:
             files = scale.n_chunks
         plans.append(LevelPlan(level, scale.key, scale.size, scale.n_chunks, files, raw))

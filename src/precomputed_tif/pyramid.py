@@ -8,6 +8,7 @@ original precomputed-tif. Reading and writing ``info`` happens here and nowhere 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,6 +33,9 @@ class Scale:
     # the info's own JSON for these two: a sharding spec, and compressed_segmentation's blocks
     sharding: tuple[tuple[str, Any], ...] | None = None
     segmentation_block_size: XYZ | None = None
+    # our own (not Neuroglancer's): voxels per zarr v3 shard of --format ngff --sharded, a block
+    # of chunks one task writes whole; it appears only in the run record, never in an info file
+    shard_size: XYZ | None = None
 
     @property
     def sharding_json(self) -> dict[str, Any] | None:
@@ -59,6 +63,8 @@ class Scale:
             out["compressed_segmentation_block_size"] = list(self.segmentation_block_size)
         if self.sharding is not None:
             out["sharding"] = dict(self.sharding)
+        if self.shard_size is not None:
+            out["shard_size"] = list(self.shard_size)
         return out
 
     @classmethod
@@ -74,6 +80,7 @@ class Scale:
             segmentation_block_size=_xyz(obj["compressed_segmentation_block_size"])
             if obj.get("compressed_segmentation_block_size")
             else None,
+            shard_size=_xyz(obj["shard_size"]) if obj.get("shard_size") else None,
         )
 
 
@@ -84,6 +91,8 @@ class Pyramid:
     data_type: str
     scales: tuple[Scale, ...]
     volume_type: str = "image"
+    # the converter writes one channel; volumes other tools wrote may hold more
+    num_channels: int = 1
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -105,7 +114,7 @@ class Pyramid:
         return {
             "@type": "neuroglancer_multiscale_volume",
             "data_type": self.data_type,
-            "num_channels": 1,
+            "num_channels": self.num_channels,
             "scales": [s.to_json() for s in self.scales],
             "type": self.volume_type,
         }
@@ -119,34 +128,91 @@ class Pyramid:
             scales = tuple(Scale.from_json(s) for s in info["scales"])
             data_type = str(info["data_type"]).lower()
             volume_type = str(info.get("type", "image"))
+            num_channels = int(info.get("num_channels", 1))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise StoreError(f"info file is not a Neuroglancer volume info: {exc!r}") from exc
         if not scales:
             raise StoreError("info file lists no scales")
-        return cls(data_type=data_type, scales=scales, volume_type=volume_type)
+        if num_channels < 1:
+            raise StoreError(f"info file has num_channels {num_channels}; expected 1 or more")
+        return cls(data_type, scales, volume_type, num_channels)
 
     def with_levels(self, n_levels: int) -> Pyramid:
         return replace(self, scales=self.scales[:n_levels])
 
-    def sharded(self, task_bytes: int) -> Pyramid:
-        """This pyramid with every scale sharded in blocks one task of `task_bytes` can fill."""
-        from .sharding import volume_sharding
+    def sharded(self, task_bytes: int, data_encoding: str = "gzip") -> Pyramid:
+        """This pyramid with every scale sharded in blocks one task of `task_bytes` can fill.
 
-        scales = []
-        for level, scale in enumerate(self.scales, start=1):
-            cx, cy, cz = scale.chunk_size
-            chunk_bytes = cx * cy * cz * self.dtype.itemsize
-            # a task holds its block, and (above level 1) the 8 times larger block it is made from
-            read_factor = 2.25 if level == 1 else 9.25
-            data_encoding = "raw" if scale.encoding in ("jpeg", "png") else "gzip"
-            spec, _ = volume_sharding(
-                scale.grid_shape,
-                chunk_bytes,
-                max(chunk_bytes, int(task_bytes / read_factor)),
-                data_encoding=data_encoding,
+        `data_encoding` is the shards' ``gzip`` or ``raw``; jpeg and png chunks are stored
+        ``raw`` whatever it says (gzip barely shrinks them).
+        """
+        from .sharding import (
+            SHARD_DATA_ENCODINGS,
+            block_voxels,
+            halved_region,
+            nested_sharding,
+            volume_sharding,
+        )
+
+        if data_encoding not in SHARD_DATA_ENCODINGS:
+            raise PlanError(
+                f"unknown shard data encoding {data_encoding!r}; expected "
+                f"{' or '.join(SHARD_DATA_ENCODINGS)}"
             )
+        scales = []
+        region: XYZ | None = None  # a finer level's shard block, seen at this level
+        for level, scale in enumerate(self.scales, start=1):
+            encoding = "raw" if scale.encoding in ("jpeg", "png") else data_encoding
+            spec = None
+            if region is not None:
+                spec = nested_sharding(
+                    scale.grid_shape, scale.chunk_size, scale.size, region, data_encoding=encoding
+                )
+            if spec is None:
+                region = None
+                cx, cy, cz = scale.chunk_size
+                chunk_bytes = cx * cy * cz * self.dtype.itemsize
+                # a task holds its block, and (above level 1) the 8 times larger block it is
+                # made from
+                read_factor = 2.25 if level == 1 else 9.25
+                spec, _ = volume_sharding(
+                    scale.grid_shape,
+                    chunk_bytes,
+                    max(chunk_bytes, int(task_bytes / read_factor)),
+                    data_encoding=encoding,
+                )
+            # this level's task region: its own shard block, or the finer one's it nests in
+            here = region or block_voxels(scale.grid_shape, scale.chunk_size, spec)
+            coarser = self.scales[level].size if level < len(self.scales) else None
+            region = halved_region(here, scale.size, coarser) if coarser else None
             scales.append(replace(scale, sharding=tuple(sorted(spec.to_json().items()))))
         return replace(self, scales=tuple(scales))
+
+    def zarr_sharded(self, task_bytes: int) -> Pyramid:
+        """This pyramid with every scale in zarr v3 shards: blocks of chunks as large as one task
+        of `task_bytes` can make whole, grown along x first, then y, then z, so that level-1
+        tasks read whole rows of the planes (as the unsharded planner prefers)."""
+        scales = []
+        for level, scale in enumerate(self.scales, start=1):
+            chunk_bytes = math.prod(scale.chunk_size) * self.dtype.itemsize
+            read_factor = 2.25 if level == 1 else 9.25  # as for precomputed shards above
+            limit = max(chunk_bytes, int(task_bytes / read_factor))
+            block = [1, 1, 1]
+            for axis in range(3):
+                while block[axis] < scale.grid_shape[axis]:
+                    wider = block.copy()
+                    wider[axis] = min(block[axis] * 2, scale.grid_shape[axis])
+                    if math.prod(wider) * chunk_bytes > limit:
+                        break
+                    block = wider
+            size = tuple(c * b for c, b in zip(scale.chunk_size, block))
+            scales.append(replace(scale, shard_size=size))  # type: ignore[arg-type]
+        return replace(self, scales=tuple(scales))
+
+
+def max_levels(size: XYZ) -> int:
+    """Levels until every axis is one voxel (each level halves, rounding up)."""
+    return 1 + max((s - 1).bit_length() for s in size)
 
 
 def plan_pyramid(
@@ -178,6 +244,13 @@ def plan_pyramid(
         raise PlanError(f"volume size {size} must be at least one voxel on every axis")
     if levels is not None and levels < 1:
         raise PlanError(f"--levels {levels} must be at least 1")
+    most = max_levels(size)
+    if levels is not None and levels > most:
+        raise PlanError(
+            f"--levels {levels} is more than a {'x'.join(map(str, size))} volume can have: level "
+            f"{most} is already 1x1x1, so give --levels {most} or less (or leave it out: levels "
+            "then stop when the coarsest fits in one chunk)"
+        )
     scales = []
     level_size = size
     level = 1

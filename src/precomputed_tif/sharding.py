@@ -17,9 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from .compression import gzip_compress
+from .geometry import XYZ
 from .locations import LocalLocation, WritableLocation
 
 _M32 = np.uint32(0xFFFFFFFF)
+# a shard's data encoding: gzip (smaller files) or raw (as TensorStore writes by default: no
+# codec time on writing or reading, the chunks' bytes as they are)
+SHARD_DATA_ENCODINGS = ("gzip", "raw")
 
 
 def _rotl32(x: np.ndarray, r: int) -> np.ndarray:
@@ -179,30 +184,32 @@ def write_sharded(
     folder: str | WritableLocation,
     spec: ShardingSpec,
     keys: np.ndarray,
-    blobs: Sequence[bytes] | np.ndarray,
+    blobs: Sequence[bytes | np.ndarray] | np.ndarray,
     *,
     encoded: bool = False,
 ) -> int:
     """Write `blobs[i]` under `keys[i]` as shard files in `folder`; returns the number of files.
 
-    `blobs` is a list of bytes, or a 2D uint8 array of fixed-size rows (written without copying
-    each row into its own object, for millions of small blobs). With `encoded`, the blobs are
-    already in the spec's data encoding (callers that compress as they go save memory).
+    `blobs` is a list of bytes or arrays (an array stands for its C-order bytes and is copied
+    once, straight into the shard: a raw chunk can be a view of the task's region), or a 2D
+    uint8 array of fixed-size rows (written without copying each row into its own object, for
+    millions of small blobs). With `encoded`, the blobs are already in the spec's data encoding
+    (callers that compress as they go save memory).
     """
     if isinstance(folder, str):
         os.makedirs(folder, exist_ok=True)
         folder = LocalLocation(folder)
     keys = np.asarray(keys, np.uint64)
     rows: np.ndarray | None = None
-    items: list[bytes] = []
+    items: list[bytes | np.ndarray] = []
     if isinstance(blobs, np.ndarray) and spec.data_encoding != "gzip":
         rows = blobs
         sizes = np.full(len(keys), blobs.shape[1], np.uint64)
     else:
-        items = [row.tobytes() if isinstance(row, np.ndarray) else bytes(row) for row in blobs]
+        items = [row if isinstance(row, np.ndarray) else bytes(row) for row in blobs]
         if spec.data_encoding == "gzip" and not encoded:
-            items = [encode_blob(b) for b in items]
-        sizes = np.array([len(b) for b in items], np.uint64)
+            items = [encode_blob(_bytes(b)) for b in items]
+        sizes = np.array([_nbytes(b) for b in items], np.uint64)
     shard, minishard = spec.locate(keys)
     order = np.lexsort((keys, minishard, shard))
     boundaries = np.flatnonzero(np.diff(shard[order])) + 1
@@ -210,29 +217,43 @@ def write_sharded(
     for group in np.split(order, boundaries):
         if len(group) == 0:
             continue
-        if rows is not None:
-            data = np.ascontiguousarray(rows[group]).tobytes()
-        else:
-            data = b"".join(items[int(i)] for i in group)
-        content = _shard_bytes(spec, keys[group], minishard[group], sizes[group], data)
+        # rows: one gather, straight into the shard
+        parts = [rows[group]] if rows is not None else [items[int(i)] for i in group]
+        content = _shard_bytes(spec, keys[group], minishard[group], sizes[group], parts)
         folder.write(spec.shard_name(int(shard[group[0]])), content)
         files += 1
     return files
 
 
+def _nbytes(blob: bytes | np.ndarray) -> int:
+    return blob.nbytes if isinstance(blob, np.ndarray) else len(blob)
+
+
+def _bytes(blob: bytes | np.ndarray) -> bytes:
+    return blob.tobytes() if isinstance(blob, np.ndarray) else blob
+
+
 def encode_blob(blob: bytes) -> bytes:
-    """A blob in gzip data encoding (level 1: the data is written once, read many times)."""
-    return gzip.compress(blob, compresslevel=1, mtime=0)
+    """A blob in gzip data encoding (the fastest standard encoder: see `compression`)."""
+    return gzip_compress(blob)
 
 
 def _shard_bytes(
-    spec: ShardingSpec, keys: np.ndarray, minishards: np.ndarray, sizes: np.ndarray, data: bytes
-) -> bytes:
-    """One shard file: index, the blobs (already in minishard then key order), minishard tables."""
+    spec: ShardingSpec,
+    keys: np.ndarray,
+    minishards: np.ndarray,
+    sizes: np.ndarray,
+    parts: Sequence[bytes | np.ndarray],
+) -> memoryview:
+    """One shard file: index, the blobs `parts` (in minishard then key order), minishard tables.
+
+    Assembled in one buffer, each part copied into it once: a shard is tens of MiB, and every
+    intermediate copy of it is memory the task budget must hold.
+    """
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
     index = np.zeros((1 << spec.minishard_bits, 2), "<u8")
     tables = []
-    position = len(data)
+    position = int(sizes.sum())
     boundaries = np.flatnonzero(np.diff(minishards)) + 1
     for part in np.split(np.arange(len(keys)), boundaries):
         if len(part) == 0:
@@ -249,7 +270,18 @@ def _shard_bytes(
         index[int(minishards[part[0]])] = (position, position + len(encoded))
         position += len(encoded)
         tables.append(encoded)
-    return index.tobytes() + data + b"".join(tables)
+    pieces = [index.tobytes(), *parts, *tables]
+    out = bytearray(sum(_nbytes(p) for p in pieces))
+    position = 0
+    for piece in pieces:
+        size = _nbytes(piece)
+        if isinstance(piece, np.ndarray):
+            target = np.frombuffer(out, piece.dtype, piece.size, position)
+            target.reshape(piece.shape)[...] = piece
+        else:
+            out[position : position + size] = piece
+        position += size
+    return memoryview(out)
 
 
 def morton_bits(grid_shape: Sequence[int]) -> list[int]:
@@ -283,8 +315,13 @@ def volume_sharding(
     low = 0
     while low < total and chunk_bytes * 2 ** (low + 1) <= max_shard_bytes:
         low += 1
+    return _block_spec(low, total, data_encoding), block_of_low_bits(grid_shape, low)
+
+
+def _block_spec(low: int, total: int, data_encoding: str) -> ShardingSpec:
+    """Identity-hash sharding whose shards are the blocks of the `low` lowest of `total` bits."""
     preshift = min(low, 3)  # up to 8 neighbouring chunks share a minishard table entry run
-    spec = ShardingSpec(
+    return ShardingSpec(
         hash="identity",
         preshift_bits=preshift,
         minishard_bits=low - preshift,
@@ -292,4 +329,60 @@ def volume_sharding(
         minishard_index_encoding="gzip",
         data_encoding=data_encoding,
     )
-    return spec, block_of_low_bits(grid_shape, low)
+
+
+def block_voxels(grid_shape: Sequence[int], chunk_size: Sequence[int], spec: ShardingSpec) -> XYZ:
+    """The voxels (per axis) of one shard's block of chunks, for a spec from `volume_sharding`."""
+    block = block_of_low_bits(grid_shape, spec.preshift_bits + spec.minishard_bits)
+    x, y, z = (b * c for b, c in zip(block, chunk_size))
+    return (x, y, z)
+
+
+def halved_region(
+    region: Sequence[int], size: Sequence[int], next_size: Sequence[int]
+) -> XYZ | None:
+    """A task region of one level as seen at the next (half) level, or None when a task's box
+    there would cut chunks in two (an odd region that does not cover its axis)."""
+    out = []
+    for r, s, n in zip(region, size, next_size):
+        if r >= s:
+            out.append(n)
+        elif r % 2 == 0:
+            out.append(r // 2)
+        else:
+            return None
+    return (out[0], out[1], out[2])
+
+
+def region_is_shard_block(
+    grid_shape: Sequence[int],
+    chunk_size: Sequence[int],
+    size: Sequence[int],
+    region: Sequence[int],
+    spec: ShardingSpec,
+) -> bool:
+    """Whether the tasks of `region` voxels (in a level of `size`) each write one whole shard."""
+    voxels = block_voxels(grid_shape, chunk_size, spec)
+    return all(v == r or (v >= s and r >= s) for v, r, s in zip(voxels, region, size))
+
+
+def nested_sharding(
+    grid_shape: Sequence[int],
+    chunk_size: Sequence[int],
+    size: Sequence[int],
+    region: Sequence[int],
+    *,
+    data_encoding: str,
+) -> ShardingSpec | None:
+    """Sharding whose shards are exactly the `region` blocks (voxels) of this level, or None.
+
+    The task that writes a shard of the finer level holds, downsampled, this region: with these
+    shards it writes this level too, from the same read, instead of a later stage reading the
+    finer level back. Shards get 8 times smaller per level; the count stays that of the finer.
+    """
+    total = len(morton_bits(grid_shape))
+    for low in range(total + 1):
+        spec = _block_spec(low, total, data_encoding)
+        if region_is_shard_block(grid_shape, chunk_size, size, region, spec):
+            return spec
+    return None

@@ -28,6 +28,7 @@ from .pyramid import SUPPORTED_DTYPES
 log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+ORDERS = ("natural", "alphabetical")
 
 
 class PlaneSource(Protocol):
@@ -103,7 +104,7 @@ class ShapeSource:
 
 @dataclass(frozen=True)
 class TiffPlanesSource:
-    """One 2D TIFF per plane, in the order given (the CLI sorts names alphabetically).
+    """One 2D TIFF per plane, in the order given (`open_source` sorts the names).
 
     `stamps` says what each file was when opened (see `PlaneStamp`); task records leave it out.
     """
@@ -411,34 +412,63 @@ def _check_plane(path: str, header: _PlaneHeader) -> None:
         )
 
 
-def open_source(source: str, *, decode_threads: int = 2) -> PlaneSource:
+def open_source(source: str, *, decode_threads: int = 2, order: str = "natural") -> PlaneSource:
     """Open `source`: a glob of TIFF planes, a folder of them, or one multi-page TIFF.
 
-    Every plane's header is checked; raises `SourceError` naming the first bad file.
+    Planes are taken in `order`: ``natural`` compares the numbers in names as numbers
+    (``img_2`` before ``img_10``; the same as alphabetical for zero-padded names),
+    ``alphabetical`` compares characters, as the original tool did. Every plane's header is
+    checked; raises `SourceError` naming the first bad file.
     """
+    if order not in ORDERS:
+        raise SourceError(f"order {order!r} is not one of {', '.join(ORDERS)}")
     if is_remote(source):
-        return _open_planes(_remote_planes(source), decode_threads=decode_threads)
-    if os.path.isdir(source):
-        paths = sorted(
+        paths = _remote_planes(source)
+    elif os.path.isdir(source):
+        paths = [
             os.path.join(source, name)
             for name in os.listdir(source)
             if name.lower().endswith(TIFF_SUFFIXES)
-        )
+        ]
         if not paths:
             raise SourceError(f"folder {source!r} holds no .tif or .tiff files")
     elif os.path.isfile(source) and not glob.has_magic(source):
         return _open_multipage(source)
     else:
-        paths = sorted(p for p in glob.glob(source) if os.path.isfile(p))
+        paths = [p for p in glob.glob(source) if os.path.isfile(p)]
         if not paths:
             raise SourceError(f"--source {source!r} matches no files")
         if len(paths) == 1:
             return _open_multipage(paths[0])
+    paths = sort_planes(paths, order)
+    _log_order(paths, order)
     return _open_planes(paths, decode_threads=decode_threads)
 
 
+def sort_planes(paths: Sequence[str], order: str = "natural") -> list[str]:
+    """`paths` in `order` (``natural`` or ``alphabetical``, see `open_source`)."""
+    if order == "alphabetical":
+        return sorted(paths)
+    return sorted(paths, key=_natural_key)
+
+
+def _natural_key(path: str) -> tuple[tuple[Any, ...], str]:
+    # re.split with a group puts text at even and digit runs at odd places, so the tuples
+    # compare str with str and int with int; the name itself breaks ties (img_01 vs img_1)
+    parts = _NUMBER.split(path)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), path
+
+
+def _log_order(paths: Sequence[str], order: str) -> None:
+    names = [os.path.basename(p) for p in paths]
+    shown = ", ".join(names) if len(names) <= 6 else ", ".join(names[:3] + ["..."] + names[-3:])
+    log.info("%d planes in %s order: %s", len(names), order, shown)
+    if order == "alphabetical":
+        warn_if_unpadded_numbers(paths)
+
+
 def _remote_planes(source: str) -> list[str]:
-    """The planes of a glob or folder in an object store, as URLs, sorted by name."""
+    """The planes of a glob or folder in an object store, as URLs (not yet sorted)."""
     location = _remote_location(source)
     fs, root = location.fs, location.root
     try:
@@ -450,11 +480,10 @@ def _remote_planes(source: str) -> list[str]:
         raise SourceError(f"cannot list --source {source!r}: {exc}") from exc
     if not found:
         raise SourceError(f"--source {source!r} matches no files")
-    return sorted(fs.unstrip_protocol(p) for p in found)
+    return [fs.unstrip_protocol(p) for p in found]
 
 
 def _open_planes(paths: Sequence[str], *, decode_threads: int) -> TiffPlanesSource:
-    warn_if_unpadded_numbers(paths)
     with ThreadPoolExecutor(8) as pool:
         headers = list(pool.map(_read_header, paths))
     first_path, first = paths[0], headers[0]
@@ -529,8 +558,8 @@ def warn_if_unpadded_numbers(paths: Sequence[str]) -> None:
     for before, after, path_a, path_b in zip(numbered, numbered[1:], paths, paths[1:]):
         if after < before:
             log.warning(
-                "plane names look numbered without zero padding: %r sorts before %r; "
-                "planes are taken in alphabetical order",
+                "plane names look numbered without zero padding: %r sorts before %r in "
+                "--order alphabetical; --order natural takes them by number",
                 os.path.basename(path_a),
                 os.path.basename(path_b),
             )

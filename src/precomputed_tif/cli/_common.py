@@ -1,4 +1,8 @@
-"""What every command shares: logging, sizes like ``2G``, and errors as one line."""
+"""What every command shares: the parser, logging, sizes like ``2G``, and errors as one line.
+
+Argument errors are one line plus "see --help" (not argparse's usage block), and OS errors are
+said in the user's words (which path, what is wrong), never as ``[Errno 13]``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from typing import Any, NoReturn
 
 from ..errors import PrecomputedTifError
 
@@ -25,6 +30,40 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size like 2G or 500M")
     number, unit = match.groups()
     return int(float(number) * 1024 ** "_kmgt".index(unit.lower() or "_"))
+
+
+def format_size(n_bytes: float) -> str:
+    """`n_bytes` the way a user writes it: ``1K``, ``500M``, ``1.5G`` (powers of 1024)."""
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n_bytes) < 1024 or unit == "T":
+            text = f"{n_bytes:.1f}".rstrip("0").rstrip(".")
+            return f"{text}{unit}" if unit else f"{text} bytes"
+        n_bytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1 (worker counts, levels)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors ("see --help") and ``--version`` on every command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from .. import __version__
+
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def parse_xyz(kind: type) -> Callable[[str], tuple]:
@@ -50,13 +89,15 @@ def add_voxel_size_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_log_argument(parser: argparse.ArgumentParser) -> None:
+def add_log_argument(parser: argparse.ArgumentParser, *, bars: bool = True) -> None:
     parser.add_argument(
         "--log",
         default="INFO",
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-        help="logging level (default INFO; WARNING also hides the progress bars)",
+        help="logging level (default INFO; WARNING also hides the progress bars)"
+        if bars
+        else "logging level (default INFO; WARNING says only what went wrong)",
     )
 
 
@@ -85,9 +126,32 @@ def run_command(main: Callable[[], int | None], prog: str) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            where = f" writing {exc.filename!r}" if exc.filename else ""
-            print(f"{prog}: error: no space left on the device{where}", file=sys.stderr)
-        else:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+_OS_WORDS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOTDIR: "a file stands where a folder is needed",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENOENT: "no such file or folder",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
+
+
+def describe_os_error(exc: OSError, what: str | None = None) -> str:
+    """An OS error in words: what went wrong and where, without ``[Errno N]``.
+
+    `what` names the path the user gave (such as ``--dest '/data/out'``) when the failing file
+    is one of ours inside it.
+    """
+    words = _OS_WORDS.get(exc.errno or -1, exc.strerror or str(exc))
+    where = what or (repr(exc.filename) if exc.filename else "")
+    if not where:
+        return words
+    if exc.errno == errno.ENOSPC:
+        return f"{words} writing {where}"
+    return f"{where}: {words}"

@@ -1,19 +1,34 @@
-"""``precomputed-tif``: convert a TIFF z-stack into a multi-resolution precomputed volume."""
+"""``precomputed-tif``: convert a TIFF z-stack into a multi-resolution precomputed volume.
+
+Besides parsing, this is where a run meets its user: the progress bars (log lines go through
+them), Ctrl-C (any number of presses ends the run within seconds, resumable), the summary at the
+end, and refusals that say which command works instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
+import shlex
+import signal
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from ._common import (
+    EXIT_INTERRUPTED,
+    Parser,
     add_log_argument,
     add_voxel_size_argument,
+    describe_os_error,
+    format_size,
     parse_size,
     parse_xyz,
+    positive_int,
     run_command,
     setup_logging,
 )
@@ -26,28 +41,43 @@ DEFAULT_TASK_BYTES = 256 * 2**20  # larger tasks barely run faster and cost memo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="precomputed-tif",
         description="Convert a stack of TIFF planes into a Neuroglancer precomputed volume.",
     )
     parser.add_argument(
         "--source",
-        help="glob of TIFF planes (sorted alphabetically), a folder of them, "
-        "or one multi-page TIFF",
+        help="glob of TIFF planes (quote it), a folder of them, or one multi-page TIFF",
+    )
+    parser.add_argument(
+        "--order",
+        default="natural",
+        choices=["natural", "alphabetical"],
+        help="plane order: natural takes numbers in names by value (img_2 before img_10; the "
+        "same as alphabetical for zero-padded names), alphabetical as the original tool "
+        "(default natural)",
+    )
+    parser.add_argument(
+        "--example",
+        action="store_true",
+        help="convert the small example stack that comes with the package (31 planes of "
+        "synthetic nuclei) instead of --source",
     )
     parser.add_argument("--dest", help="folder to write the volume into")
     parser.add_argument(
         "--levels",
-        type=int,
+        type=positive_int,
         default=None,
-        help="number of mipmap levels (default: until the coarsest fits in one chunk)",
+        help="number of levels, level 1 being full resolution and level N the mipmap factor "
+        "2^(N-1) (default: until the coarsest fits in one chunk)",
     )
     parser.add_argument(
         "--format",
         default="tiff",
-        choices=["tiff", "zarr", "blockfs", "precomputed"],
-        help="chunk storage: tiff (a 3D TIFF per chunk), zarr, blockfs (few large files), or "
-        "precomputed (Neuroglancer's own files, served by any static web server)",
+        choices=["tiff", "zarr", "blockfs", "precomputed", "ngff"],
+        help="chunk storage: tiff (a 3D TIFF per chunk), zarr, blockfs (few large files), "
+        "precomputed (Neuroglancer's own files, served by any static web server), or ngff "
+        "(an OME-Zarr image that Neuroglancer, napari and other OME-Zarr tools open)",
     )
     parser.add_argument(
         "--encoding",
@@ -58,7 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sharded",
         action="store_true",
-        help="--format precomputed as neuroglancer_uint64_sharded_v1 shards: few files per level",
+        help="few files per level: --format precomputed as neuroglancer_uint64_sharded_v1 "
+        "shards, --format ngff as OME-Zarr 0.5 on zarr v3 with sharding_indexed shards",
+    )
+    parser.add_argument(
+        "--shard-data-encoding",
+        default="gzip",
+        choices=["gzip", "raw"],
+        help="with --sharded: gzip each raw or compressed_segmentation chunk inside the shards "
+        "(default), or store it raw (larger files, no compression time)",
     )
     parser.add_argument(
         "--gzip",
@@ -74,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--n-cores",
-        type=int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="worker processes (default: all cores)",
     )
@@ -105,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dask.add_argument(
         "--dask-workers",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="start a local Dask cluster of N worker processes instead of a process pool",
     )
@@ -194,18 +232,34 @@ def _budget(args: argparse.Namespace) -> Any:
     from ..errors import PlanError
 
     memory = args.memory if args.memory is not None else _default_memory()
-    n_workers = max(1, args.n_cores)
+    n_workers = args.n_cores
     usable = memory - PARENT_OVERHEAD - n_workers * WORKER_OVERHEAD
     while n_workers > 1 and usable // n_workers < 64 * 2**20:
         n_workers -= 1
         usable = memory - PARENT_OVERHEAD - n_workers * WORKER_OVERHEAD
     if usable <= 0:
+        what = (
+            f"--memory {args.memory_text or format_size(memory)}"
+            if args.memory is not None
+            else f"the free memory ({format_size(memory)})"
+        )
         raise PlanError(
-            f"--memory {memory / 2**20:.0f}M is too small: the processes alone need about "
-            f"{(PARENT_OVERHEAD + WORKER_OVERHEAD) / 2**20:.0f}M"
+            f"{what} is too small: the processes alone need about "
+            f"{format_size(PARENT_OVERHEAD + WORKER_OVERHEAD)}; give --memory 1G or more"
         )
     if n_workers < args.n_cores:
-        log.warning("--memory allows %d worker(s), not %d", n_workers, args.n_cores)
+        if args.memory is not None:
+            log.warning(
+                "--memory %s allows %d worker(s), not %d", args.memory_text, n_workers, args.n_cores
+            )
+        else:
+            log.warning(
+                "the free memory (%s, half of what is available) allows %d worker(s), not %d; "
+                "--memory sets the budget",
+                format_size(memory),
+                n_workers,
+                args.n_cores,
+            )
     task_bytes = min(usable // n_workers, DEFAULT_TASK_BYTES)
     if args.task_memory is not None:
         task_bytes = min(args.task_memory, usable // n_workers)
@@ -213,45 +267,203 @@ def _budget(args: argparse.Namespace) -> Any:
 
 
 class _Bars:
-    """One tqdm bar per level, created when the level starts."""
+    """Progress by level: tqdm bars on a terminal, else one log line per finished level.
 
-    def __init__(self, enabled: bool) -> None:
+    A stage's levels share the screen (positions 0, 1, ...) and are closed together, in order,
+    when the last finishes, so nothing stale is left below the prompt.
+    """
+
+    def __init__(self, enabled: bool, pyramid: Any) -> None:
         self.enabled = enabled
-        self.bars: dict[int, Any] = {}
+        self.pyramid = pyramid
+        self.done: dict[int, int] = {}
+        self.started: dict[int, float] = {}
+        self.active: dict[int, Any] = {}
 
     def __call__(self, level: int, voxels: int, total: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
+        if level not in self.started:
+            self.started[level] = time.perf_counter()
+            self.done[level] = 0
+            if self.enabled:
+                self.active[level] = self._bar(level, total)
+        self.done[level] += voxels
+        bar = self.active.get(level)
+        if bar is not None:
+            bar.update(voxels)
+        if self.done[level] >= total and voxels:
+            self._finished(level)
 
-        bar = self.bars.get(level)
-        if bar is None:
-            bar = tqdm(
-                total=total,
-                desc=f"level {level}",
-                unit="vox",
-                unit_scale=True,
-                position=len(self.bars),
-                leave=True,
-                dynamic_ncols=True,
+    def _bar(self, level: int, total: int) -> Any:
+        import tqdm  # looked up at call time: a front end may replace tqdm.tqdm
+
+        return tqdm.tqdm(
+            total=total,
+            desc=_level_name(self.pyramid, level),
+            unit="vox",
+            unit_scale=True,
+            position=len(self.active),
+            leave=True,
+            dynamic_ncols=True,
+        )
+
+    def _finished(self, level: int) -> None:
+        elapsed = time.perf_counter() - self.started[level]
+        if not self.enabled:
+            x, y, z = self.pyramid.scale(level).size
+            log.info(
+                "%s written: %dx%dx%d voxels in %.1f s",
+                _level_name(self.pyramid, level),
+                x,
+                y,
+                z,
+                elapsed,
             )
-            self.bars[level] = bar
-        bar.update(voxels)
-        if bar.n >= total:
-            bar.close()  # stops its clock: the rate shown stays this level's own
+            return
+        bar = self.active[level]
+        bar.refresh()
+        if all(self.done[lv] >= b.total for lv, b in self.active.items()):
+            self.close()
 
     def close(self) -> None:
-        for bar in self.bars.values():
+        for bar in self.active.values():
             bar.close()
+        self.active.clear()
+
+    @contextlib.contextmanager
+    def showing(self) -> Iterator[None]:
+        """While bars may show, route log records through tqdm so they do not tear the bars."""
+        if not self.enabled:
+            yield
+            return
+        import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        try:
+            with logging_redirect_tqdm(tqdm_class=tqdm.tqdm):
+                yield
+        finally:
+            self.close()
 
 
-def _logging_beside(bars: _Bars) -> contextlib.AbstractContextManager[Any]:
-    """Route log lines through tqdm while bars are drawn, so they do not tear the bars."""
-    if not bars.enabled:
-        return contextlib.nullcontext()
-    from tqdm.contrib.logging import logging_redirect_tqdm
+def _level_name(pyramid: Any, level: int) -> str:
+    """The one way levels are named to users: ``level 3 (4_4_4)``."""
+    return f"level {level} ({pyramid.scale(level).key})"
 
-    return logging_redirect_tqdm()
+
+def _check_dest(dest: str) -> None:
+    """A local --dest that cannot become a folder we write, said before any work."""
+    from ..errors import PlanError
+
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise PlanError(f"--dest {dest!r} is a file, not a folder: give a folder (made if missing)")
+    parent = dest
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise PlanError(f"--dest {dest!r} lies under {parent!r}, which is a file, not a folder")
+    flags = os.statvfs(parent).f_flag
+    if flags & os.ST_RDONLY:
+        raise PlanError(
+            f"--dest {dest!r} is on a read-only file system: choose a folder on a writable disk"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PlanError(f"--dest {dest!r}: you may not write in {parent!r}: choose another folder")
+
+
+def _interrupt_once() -> Any:
+    """Ctrl-C raises KeyboardInterrupt once; later presses only say the run is stopping.
+
+    The first press unwinds the run (the pool stops its workers at once); a second press must
+    not interrupt that clean-up half way, which is what left runs hanging.
+    """
+
+    def again(signum: int, frame: Any) -> None:
+        os.write(2, b"precomputed-tif: stopping...\n")
+
+    def first(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, again)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGINT, first)
+
+
+def _summary(
+    args: argparse.Namespace, dest: str, pyramid: Any, source: Any, seconds: float
+) -> list[str]:
+    """What a user wants after a run: time, speed, what each level holds, how to look at it."""
+    from ..locations import is_remote
+
+    x, y, z = source.size
+    read = x * y * z * source.dtype.itemsize
+    lines = [
+        f"done in {seconds:.1f} s: {read / 1e6:.1f} MB of {source.dtype.name} voxels, "
+        f"{read / 1e6 / max(seconds, 1e-6):.1f} MB/s"
+    ]
+    if not is_remote(dest):
+        total_bytes = total_files = 0
+        for level in range(1, pyramid.n_levels + 1):
+            n_bytes, n_files = _folder_usage(os.path.join(dest, pyramid.scale(level).key))
+            total_bytes += n_bytes
+            total_files += n_files
+            sx, sy, sz = pyramid.scale(level).size
+            lines.append(
+                f"  {_level_name(pyramid, level):<22} {sx}x{sy}x{sz:<8} "
+                f"{format_size(n_bytes):>10} in {_files(n_files)}"
+            )
+        lines.append(
+            f"  {'all levels':<22} {'':<14}{format_size(total_bytes):>10} in {_files(total_files)}"
+        )
+    lines.append(f"serve and view it: {_serve_command(dest)}")
+    return lines
+
+
+def _files(n: int) -> str:
+    return "1 file" if n == 1 else f"{n} files"
+
+
+def _serve_command(dest: str) -> str:
+    return f"precomputed-webserver -d {shlex.quote(dest)} --viewer"
+
+
+def _folder_usage(folder: str) -> tuple[int, int]:
+    n_bytes = n_files = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                n_bytes += os.path.getsize(os.path.join(root, name))
+                n_files += 1
+    return n_bytes, n_files
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        planes = [e for e in extra if e.lower().endswith((".tif", ".tiff")) or os.path.isfile(e)]
+        if planes and args.source is not None:
+            example = os.path.join(os.path.dirname(args.source) or ".", "*.tif")
+            parser.error(
+                f"--source got {len(planes) + 1} file names: the shell expanded the glob; quote "
+                f"the glob, e.g. --source '{example}'"
+            )
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.source is not None and args.example:
+        parser.error("give --source or --example, not both")
+    if args.verify is None and args.dest is None:
+        parser.error("the following arguments are required: --dest")
+    args.memory_text = _memory_text(argv)
+    return args
+
+
+def _memory_text(argv: list[str] | None) -> str:
+    """--memory as the user typed it, to echo back (1K, not "0M")."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    for i, word in enumerate(words):
+        if word == "--memory" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--memory="):
+            return word.split("=", 1)[1]
+    return ""
 
 
 MAX_PROBLEMS_SHOWN = 100
@@ -267,7 +479,7 @@ def _verify(args: argparse.Namespace) -> int:
     store = open_store(args.verify)
     source = None
     if args.source is not None:
-        source = open_source(args.source)
+        source = open_source(args.source, order=args.order)
         if source.size != store.pyramid.scale(1).size:
             raise PlanError(
                 f"--source holds {'x'.join(map(str, source.size))} voxels; the volume at "
@@ -283,20 +495,24 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.verify is None and args.dest is None:
-        parser.error("the following arguments are required: --dest")
+def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
+    """The command line; `in_process` (`precomputed_tif.main.main`) lets errors and Ctrl-C
+    reach the caller as exceptions, and shows progress by iterating ``tqdm.tqdm``."""
+    args = _parse(argv)
     setup_logging(args.log)
     if args.verify is not None:
-        return run_command(lambda: _verify(args), "precomputed-tif")
+        verify = lambda: _verify(args)  # noqa: E731
+        return verify() if in_process else run_command(verify, "precomputed-tif")
+    command = sys.argv[1:] if argv is None else list(argv)
+    quiet = logging.getLogger("precomputed_tif").getEffectiveLevel() > logging.INFO
 
     def work() -> int:
         from .. import convert, create_store, open_source, plan_pyramid
-        from ..errors import PlanError
+        from ..convert import iter_convert
+        from ..errors import AlreadyConvertedError, PlanError
         from ..executors import process_pool
         from ..locations import is_remote
+        from ._tqdm_loop import drive_with_tqdm
 
         dask = None
         if args.dask_scheduler or args.dask_workers:
@@ -309,14 +525,21 @@ def main(argv: list[str] | None = None) -> int:
             budget = _dask_budget(args, dask, per_worker)
         else:
             budget = _budget(args)
+        if args.example:
+            from ..example import example_planes
+
+            args.source = example_planes()
         if (args.source is None) == (args.shape is None):
-            raise PlanError("give --source (or, with --dry-run, --shape X,Y,Z)")
+            raise PlanError(
+                "give --source (a quoted glob of TIFF planes), --example, or with --dry-run "
+                "--shape X,Y,Z"
+            )
         if args.shape is not None:
             if not args.dry_run:
                 raise PlanError("--shape plans a stack that does not exist: add --dry-run")
             source = _shape_source(args.shape, args.dtype)
         else:
-            source = open_source(args.source)
+            source = open_source(args.source, order=args.order)
         voxel_size_nm = tuple(int(float(v) * 1000) for v in args.voxel_size)
         pyramid = plan_pyramid(
             source.size,
@@ -338,13 +561,35 @@ def main(argv: list[str] | None = None) -> int:
             pyramid.n_levels,
             args.format,
         )
-        if args.format != "precomputed" and (args.encoding != "raw" or args.gzip or args.sharded):
-            raise PlanError("--encoding, --gzip and --sharded apply to --format precomputed only")
+        if args.format == "ngff" and (args.encoding != "raw" or args.gzip):
+            raise PlanError(
+                "--encoding and --gzip apply to --format precomputed only; --format ngff writes "
+                "Blosc-zstd chunks and takes --sharded, --chunk-size, --levels and --segmentation"
+            )
+        if args.format not in ("precomputed", "ngff") and (
+            args.encoding != "raw" or args.gzip or args.sharded
+        ):
+            raise PlanError(
+                "--encoding and --gzip apply to --format precomputed only, --sharded to "
+                "--format precomputed and ngff"
+            )
         if args.sharded and args.gzip:
             raise PlanError("--gzip is for unsharded files: shards compress their chunks already")
-        if args.sharded:
-            pyramid = pyramid.sharded(budget.task_bytes)
-        dest = args.dest if is_remote(args.dest) else os.path.abspath(args.dest)
+        if args.shard_data_encoding != "gzip" and not args.sharded:
+            raise PlanError("--shard-data-encoding applies to --sharded output only")
+        if args.sharded and args.format == "ngff":
+            if args.shard_data_encoding != "gzip":
+                raise PlanError(
+                    "--shard-data-encoding applies to --format precomputed; ngff shards hold "
+                    "Blosc-zstd chunks"
+                )
+            pyramid = pyramid.zarr_sharded(budget.task_bytes)
+        elif args.sharded:
+            pyramid = pyramid.sharded(budget.task_bytes, args.shard_data_encoding)
+        remote = is_remote(args.dest)
+        dest = args.dest if remote else os.path.abspath(args.dest)
+        if not remote and not args.dry_run:
+            _check_dest(dest)
         store = create_store(args.format, dest, pyramid, gzip_files=args.gzip)
         if args.dry_run:
             from ..plan import describe_plan, plan_stages
@@ -363,10 +608,32 @@ def main(argv: list[str] | None = None) -> int:
             if dask is not None:
                 dask.__exit__(None, None, None)
             return 0
-        bars = _Bars(enabled=sys.stderr.isatty() and log.getEffectiveLevel() <= logging.INFO)
+        if in_process:
+            pool = dask if dask is not None else process_pool(budget.n_workers)
+            with pool as executor:
+                stage_runs = iter_convert(
+                    source,
+                    store,
+                    executor=executor,
+                    budget=budget,
+                    resume=args.resume,
+                    overwrite=args.overwrite,
+                    repair=args.repair,
+                )
+                # the caller's own logging set-up (if any) does not hide the bars; --log does
+                show = logging.getLevelName(args.log) <= logging.INFO
+                try:
+                    drive_with_tqdm(stage_runs, show=show)
+                except AlreadyConvertedError as exc:
+                    log.info("%s", exc)  # finding the work done is success, as on the CLI
+            return 0
+        bars = _Bars(sys.stderr.isatty() and not quiet, pyramid)
+        started = time.perf_counter()
+        previous_handler = _interrupt_once()
+        interrupted = False
         try:
             pool = dask if dask is not None else process_pool(budget.n_workers)
-            with _logging_beside(bars), pool as executor:
+            with bars.showing(), pool as executor:
                 convert(
                     source,
                     store,
@@ -377,19 +644,39 @@ def main(argv: list[str] | None = None) -> int:
                     repair=args.repair,
                     progress=bars,
                 )
+        except AlreadyConvertedError as exc:
+            print(f"precomputed-tif: {exc}", file=sys.stderr)
+            if not quiet:
+                print(f"serve and view it: {_serve_command(dest)}")
+            return 0
         except KeyboardInterrupt:
-            bars.close()
+            # later presses are absorbed while Python exits: ignored, not handled, because
+            # Python's finalization restores the default for handled signals (killing us)
+            interrupted = True
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            again = [*command, "--resume"] if "--resume" not in command else command
             print(
-                "precomputed-tif: interrupted; the volume is incomplete. Run the same command "
-                "with --resume to finish it.",
+                "precomputed-tif: interrupted; the volume is incomplete. To finish it, run: "
+                + shlex.join(["precomputed-tif", *again]),
                 file=sys.stderr,
             )
-            return 130
-        bars.close()
-        log.info("done: %s", args.dest)
+            return EXIT_INTERRUPTED
+        except OSError as exc:
+            if remote or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
+                raise
+            raise PlanError(describe_os_error(exc, f"--dest {args.dest!r}")) from exc
+        finally:
+            if not interrupted:
+                signal.signal(signal.SIGINT, previous_handler)
+        if args.gzip:
+            from ..stores.precomputed import gzip_note
+
+            log.info("--gzip: %s", gzip_note(dest))
+        if not quiet:
+            print("\n".join(_summary(args, dest, pyramid, source, time.perf_counter() - started)))
         return 0
 
-    return run_command(work, "precomputed-tif")
+    return work() if in_process else run_command(work, "precomputed-tif")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from ._common import add_log_argument, run_command, setup_logging
+from ._common import Parser, add_log_argument, positive_int, run_command, setup_logging
 
 if TYPE_CHECKING:
     import numpy as np
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="precomputed-save",
         description="Save a plane (or a maximum projection, or a subvolume) of a precomputed "
         "source to a TIFF file.",
@@ -36,14 +36,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="X0,X1,Y0,Y1,Z0,Z1",
         help="save this box (level voxels, ends exclusive) as a multi-page TIFF instead",
     )
-    parser.add_argument("--level", type=int, default=1, help="mipmap factor: 1, 2, 4, ...")
+    parser.add_argument(
+        "--level",
+        type=positive_int,
+        default=1,
+        help="the level by its mipmap factor, as in the original tool: 1 is level 1 (1_1_1, "
+        "full resolution), 2 is level 2 (2_2_2), 4 is level 3 (4_4_4), ... (default 1)",
+    )
     parser.add_argument("--format", default=None, help="layout of a local source (detected)")
     rotate = parser.add_mutually_exclusive_group()
-    rotate.add_argument("--rotate-left", action="store_true")
-    rotate.add_argument("--rotate-right", action="store_true")
-    rotate.add_argument("--rotate-180", action="store_true")
-    parser.add_argument("--flip-horizontally", action="store_true")
-    parser.add_argument("--flip-vertically", action="store_true")
+    rotate.add_argument(
+        "--rotate-left", action="store_true", help="turn the saved plane 90 degrees to the left"
+    )
+    rotate.add_argument(
+        "--rotate-right", action="store_true", help="turn the saved plane 90 degrees to the right"
+    )
+    rotate.add_argument("--rotate-180", action="store_true", help="turn the saved plane around")
+    parser.add_argument(
+        "--flip-horizontally",
+        action="store_true",
+        help="mirror the saved plane left to right (after any rotation)",
+    )
+    parser.add_argument(
+        "--flip-vertically",
+        action="store_true",
+        help="mirror the saved plane top to bottom (after any rotation)",
+    )
     add_log_argument(parser)
     return parser
 
@@ -60,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         from ..errors import PrecomputedTifError
 
         reader = ArrayReader(args.url, format=args.format, level=args.level)
+        if len(reader.shape) != 3:
+            raise PrecomputedTifError(
+                f"{args.url} has {reader.shape[3]} channels; precomputed-save saves "
+                "single-channel volumes"
+            )
         nz, ny, nx = reader.shape
         if args.subvolume:
             try:
@@ -70,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 ) from None
             planes = _read_planes(reader, z0, z1, y0, y1, x0, x1, show=args.log != "WARNING")
             tifffile.imwrite(args.output, planes, photometric="minisblack")
+            _say_written(args, planes)
             return 0
         if args.coordinate is None:
             raise PrecomputedTifError("give --coordinate (or --subvolume)")
@@ -97,9 +121,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.flip_vertically:
             plane = plane[::-1]
         tifffile.imwrite(args.output, np.ascontiguousarray(plane), photometric="minisblack")
+        _say_written(args, plane)
         return 0
 
     return run_command(work, "precomputed-save")
+
+
+def _say_written(args: argparse.Namespace, array: np.ndarray) -> None:
+    """One line on success: what was written where, from which level (named as everywhere)."""
+    if args.log in ("WARNING", "ERROR", "CRITICAL"):
+        return
+    factor = args.level
+    level = factor.bit_length()  # factor 2**(N-1) is level N
+    shape = "x".join(str(n) for n in array.shape[::-1])
+    key = f"{factor}_{factor}_{factor}"
+    print(f"wrote {args.output}: {shape} {array.dtype} from level {level} ({key})")
 
 
 def _read_planes(

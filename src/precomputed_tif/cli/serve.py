@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
+from typing import TYPE_CHECKING, Any
 
-from ._common import add_log_argument, parse_size, run_command, setup_logging
+from ..serve.server import DEFAULT_CONNECTION_LIMIT, DEFAULT_TIMEOUT
+from ._common import Parser, add_log_argument, parse_size, run_command, setup_logging
+
+if TYPE_CHECKING:
+    from ..serve.server import Server
 
 log = logging.getLogger("precomputed_tif")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="precomputed-webserver",
         description="Serve precomputed volumes over HTTP with CORS, for Neuroglancer.",
     )
@@ -28,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-f",
         "--format",
         default=None,
-        choices=["tiff", "zarr", "blockfs", "raw"],
+        choices=["tiff", "zarr", "blockfs", "ngff", "raw"],
         help="layout of the folder (default: detected)",
     )
     parser.add_argument(
@@ -43,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "/NAME/, NAME being its folder name; may be repeated",
     )
     parser.add_argument(
-        "--cors-origin", default="*", help="Access-Control-Allow-Origin value (default *)"
+        "--cors-origin",
+        default=None,
+        help="Access-Control-Allow-Origin value (default *, or the sources.json options')",
     )
     parser.add_argument(
         "--threads",
@@ -54,20 +63,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-size",
         type=parse_size,
-        default=parse_size("1G"),
+        default=None,
         help="memory for decoded chunks, shared by all requests (default 1G)",
     )
     parser.add_argument(
         "--gzip",
         action="store_true",
+        default=None,
         help="gzip chunk answers for clients that accept it (costs CPU; helps slow networks)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds before an idle connection, or one sending its request too slowly, is "
+        f"closed (default {DEFAULT_TIMEOUT})",
+    )
+    parser.add_argument(
+        "--connection-limit",
+        type=int,
+        default=DEFAULT_CONNECTION_LIMIT,
+        help=f"connections open at once (default {DEFAULT_CONNECTION_LIMIT}); more wait",
     )
     parser.add_argument(
         "--viewer",
         action="store_true",
         help="also serve the Neuroglancer viewer and print a link to it (needs [viewer] extra)",
     )
-    add_log_argument(parser)
+    add_log_argument(parser, bars=False)
     return parser
 
 
@@ -78,23 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
     def work() -> int:
-        from ..serve.app import PrecomputedApp
-        from ..serve.config import SourceTable, resolve_source
-        from ..serve.server import Server
+        from ..serve.app import DEFAULT_CACHE_BYTES, PrecomputedApp
+        from ..serve.config import Options, SourceTable, resolve_source
 
         viewer = None
         if args.viewer:
             from ..serve.viewer import client_folder
 
             viewer = client_folder()
+        options = Options()
+        if args.config:
+            table = SourceTable(args.config)
+            options = table.options
         common = {
-            "cors_origin": args.cors_origin,
-            "gzip_chunks": args.gzip,
-            "cache_bytes": args.cache_size,
+            "cors_origin": _first(args.cors_origin, options.cors_origin, "*"),
+            "gzip_chunks": _first(args.gzip, options.gzip_chunks, False),
+            "cache_bytes": _first(args.cache_size, options.cache_bytes, DEFAULT_CACHE_BYTES),
             "viewer": viewer,
         }
         if args.config:
-            table = SourceTable(args.config)
             app = PrecomputedApp(sources=table.current, **common)
             served = [(s.name, "/" + s.name, s.directory) for s in table.current().values()]
         else:
@@ -106,11 +131,17 @@ def main(argv: list[str] | None = None) -> int:
             app = PrecomputedApp(single=source, beside=beside, **common)
             served = [(os.path.basename(source.directory) or "volume", "", source.directory)]
             served += [(name, "/" + name, s.directory) for name, s in beside.items()]
-        server = Server(app, args.bind, args.port, args.threads)
+        server = _bind(app, args)
         where = args.config or source.directory
         print(f"Serving {where} at {server.url}", flush=True)
         if args.viewer:
             print(f"Viewer: {_link(server.url, served)}", flush=True)
+        if not args.config and source.format == "ngff":
+            print(
+                f"OME-Zarr: zarr://{server.url}/ (the same URL works from any static web server "
+                "or bucket that sends CORS headers and answers byte ranges)",
+                flush=True,
+            )
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -122,13 +153,59 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(work, "precomputed-webserver")
 
 
+def _first(*values: object) -> Any:
+    return next(v for v in values if v is not None)
+
+
+def _bind(app: Any, args: argparse.Namespace) -> Server:
+    """The bound server, or the reason it cannot bind in a user's words."""
+    from ..errors import PrecomputedTifError
+    from ..serve.server import Server
+
+    try:
+        return Server(
+            app,
+            args.bind,
+            args.port,
+            args.threads,
+            timeout=args.timeout,
+            connection_limit=args.connection_limit,
+        )
+    except OSError as exc:
+        where = f"port {args.port} on {args.bind}"
+        if exc.errno == errno.EADDRINUSE:
+            reason = (
+                "is in use (another server?): choose another --port, or --port 0 for any free one"
+            )
+        elif exc.errno == errno.EACCES:
+            reason = "needs administrator rights (ports below 1024): choose --port 1024 or above"
+        elif exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(
+            exc, socket.gaierror
+        ):
+            reason = "cannot be used: this machine has no such address (see --bind)"
+        else:
+            reason = f"cannot be used: {exc.strerror or exc}"
+        raise PrecomputedTifError(f"{where} {reason}") from exc
+
+
 def _link(base_url: str, served: list[tuple[str, str, str]]) -> str:
     from ..errors import StoreError
     from ..serve.viewer import display_range, viewer_link, viewer_state
+    from ..stores import open_store
     from ..stores.base import read_info
 
     layers = []
     for name, path, directory in served:
+        try:
+            store = open_store(directory)
+        except StoreError:
+            store = None
+        if store is not None and store.format_name == "ngff":
+            # the folder's own files, as any OME-Zarr reader would fetch them
+            url = f"zarr://{base_url}{path}/"
+            info = store.pyramid.to_info()
+            layers.append((name, url, info, display_range(directory)))
+            continue
         try:
             info = read_info(directory)
         except StoreError:

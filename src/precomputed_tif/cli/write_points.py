@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ._common import (
+    Parser,
     add_log_argument,
     add_voxel_size_argument,
     run_command,
@@ -17,7 +18,7 @@ log = logging.getLogger("precomputed_tif")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="precomputed-write-points",
         description="write-points writes a Neuroglancer data source for a set of points.",
     )
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an annotation source in the folder"
     )
-    add_log_argument(parser)
+    add_log_argument(parser, bars=False)
     return parser
 
 

@@ -3,9 +3,10 @@
 Routes (``NAME/`` only when serving a sources.json):
 ``GET /`` lists the sources; ``GET /NAME/info``; ``GET /NAME/R_R_R/x0-x1_y0-y1_z0-z1`` a chunk;
 any file of a ``raw`` folder; ``/v/...`` the bundled Neuroglancer viewer when enabled.
-Every answer carries CORS headers; GET and HEAD get ETag/Last-Modified revalidation, single byte
-ranges and gzip when it is enabled and accepted. Errors map to status codes here and nowhere
-else: bad paths 400/404/414, a method we do not serve 405, damaged data 500 (logged).
+Every answer carries CORS headers; GET and HEAD get RFC 9110's conditional requests (ETag and
+Last-Modified: 304, 412, If-Range), byte ranges (several as ``multipart/byteranges``) and gzip
+when it is enabled and accepted. Errors map to status codes here and nowhere else: bad paths
+400/404/414, a method we do not serve 405, damaged data 500 (logged).
 """
 
 from __future__ import annotations
@@ -15,24 +16,32 @@ import html
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import StoreError
+from ..stores.ngff import NGFF_METADATA
 from . import volumes
 from .config import Source
 from .http import (
     JSON,
+    OCTETS,
     STATUS_TEXT,
+    Body,
     FileRegion,
     HttpError,
+    Pieces,
     Response,
     accepts_gzip,
     error_response,
     gzip_bytes,
-    not_modified,
-    parse_range,
+    gzip_etag,
+    http_date,
+    parse_ranges,
+    preconditions,
+    range_applies,
 )
 
 log = logging.getLogger("precomputed_tif.serve")
@@ -40,6 +49,7 @@ log = logging.getLogger("precomputed_tif.serve")
 MAX_PATH = 2048
 GZIP_MIN_BYTES = 1024
 METHODS = ("GET", "HEAD", "OPTIONS")
+DEFAULT_CACHE_BYTES = 2**30
 
 StartResponse = Callable[..., Any]
 
@@ -73,7 +83,7 @@ class PrecomputedApp:
         beside: dict[str, Source] | None = None,
         cors_origin: str = "*",
         gzip_chunks: bool = False,
-        cache_bytes: int = 256 * 2**20,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
         viewer: str | None = None,
     ) -> None:
         if (sources is None) == (single is None):
@@ -121,6 +131,8 @@ class PrecomputedApp:
     # --- routing ---------------------------------------------------------------------------
     def _respond(self, method: str, environ: dict[str, Any]) -> Response:
         parts = _path_parts(environ)
+        if environ.get("SERVER_PROTOCOL") == "HTTP/1.1" and not environ.get("HTTP_HOST"):
+            raise HttpError(400, "an HTTP/1.1 request needs a Host header")  # RFC 9112, 3.2
         if method == "OPTIONS":
             return Response(204)
         if method not in METHODS:
@@ -143,7 +155,9 @@ class PrecomputedApp:
 
     def _volume(self, source: Source, parts: list[str]) -> Response:
         if parts == ["info"]:
-            return volumes.serve_info(source)
+            return volumes.serve_info(source, self.stores)
+        if source.format == "ngff":
+            return self._ngff(source, parts)
         if source.format == "raw":
             if not parts or parts == [""]:
                 raise HttpError(404, "not found")
@@ -151,6 +165,16 @@ class PrecomputedApp:
         if len(parts) == 2:
             return volumes.serve_chunk(source, self.stores, self.chunks, parts[0], parts[1])
         raise HttpError(404, "not found")
+
+    def _ngff(self, source: Source, parts: list[str]) -> Response:
+        """An OME-Zarr folder: precomputed chunks by scale key, else its own files (zarr://)."""
+        if len(parts) == 2 and "_" in parts[0] and "-" in parts[1]:
+            keys = {scale.key for scale in self.stores.get(source).pyramid.scales}
+            if parts[0] in keys:
+                return volumes.serve_chunk(source, self.stores, self.chunks, parts[0], parts[1])
+        if not parts or parts == [""]:
+            raise HttpError(404, "not found")
+        return volumes.serve_file(source, parts, hidden=NGFF_METADATA)
 
     def _index(self, environ: dict[str, Any]) -> Response:
         assert self.sources is not None
@@ -168,30 +192,49 @@ class PrecomputedApp:
         if len(parts) < 1 or not parts[0]:
             raise HttpError(404, "the viewer lives at /v/ng/")
         files = parts[1:] if len(parts) > 1 and parts[1] else ["index.html"]
+        if files == ["index.html"]:
+            from .viewer import index_page
+
+            html_type = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"}
+            return Response(200, index_page(self.viewer), html_type)
         viewer = Source("viewer", self.viewer, "raw")
         return volumes.serve_file(viewer, files)
 
     # --- HTTP rules ------------------------------------------------------------------------
     def _revalidate_and_range(self, environ: dict[str, Any], response: Response) -> Response:
         etag = response.headers.get("ETag")
-        mtime = _file_mtime(response.body)
-        if etag and not_modified(environ, etag, mtime):
-            kept = {k: v for k, v in response.headers.items() if k != "Content-Type"}
-            return Response(304, b"", kept)
+        mtime = response.mtime
+        if mtime is not None:
+            response.headers.setdefault("Last-Modified", http_date(mtime))
+        if etag is not None or mtime is not None:
+            verdict = preconditions(environ, etag, mtime)
+            if verdict == 412:
+                return error_response(412, "the precondition failed: the file has changed")
+            if verdict == 304:
+                kept = {k: v for k, v in response.headers.items() if k != "Content-Type"}
+                if self._gzip_applies(response):
+                    kept["Vary"] = "Accept-Encoding"
+                    if etag is not None and accepts_gzip(environ):
+                        kept["ETag"] = gzip_etag(etag)
+                return Response(304, b"", kept)
         response.headers["Accept-Ranges"] = "bytes"
-        size = response.length
-        try:
-            wanted = parse_range(environ.get("HTTP_RANGE"), size)
-        except HttpError:
-            return Response(416, b"", {"Content-Range": f"bytes */{size}"})
-        if wanted is not None:
-            start, end = wanted
-            response.status = 206
-            response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-            response.body = _slice(response.body, start, end + 1)
-            return response
+        if environ.get("HTTP_RANGE") and range_applies(environ, etag, mtime):
+            size = response.length
+            try:
+                ranges = parse_ranges(environ.get("HTTP_RANGE"), size)
+            except HttpError:
+                return Response(416, b"", {"Content-Range": f"bytes */{size}"})
+            if ranges is not None:
+                return _partial(response, ranges, size)
         self._maybe_gzip(environ, response)
         return response
+
+    def _gzip_applies(self, response: Response) -> bool:
+        """Whether the answer has a gzipped variant that clients accepting gzip get."""
+        if response.headers.get("Content-Encoding") == "gzip":
+            return False  # a stored .gz file: one variant, unpacked for those refusing gzip
+        is_json = response.headers.get("Content-Type") == JSON
+        return (is_json or self.gzip_chunks) and response.length >= GZIP_MIN_BYTES
 
     def _maybe_gzip(self, environ: dict[str, Any], response: Response) -> None:
         if response.headers.get("Content-Encoding") == "gzip":  # a stored .gz file
@@ -200,8 +243,7 @@ class PrecomputedApp:
                 response.body = gzip.decompress(_read_all(response.body))
                 del response.headers["Content-Encoding"]
             return
-        is_json = response.headers.get("Content-Type") == JSON
-        if not (is_json or self.gzip_chunks) or response.length < GZIP_MIN_BYTES:
+        if not self._gzip_applies(response):
             return
         response.headers["Vary"] = "Accept-Encoding"
         if not accepts_gzip(environ):
@@ -210,7 +252,7 @@ class PrecomputedApp:
         response.body = gzip_bytes(body)
         response.headers["Content-Encoding"] = "gzip"
         if "ETag" in response.headers:
-            response.headers["ETag"] = response.headers["ETag"][:-1] + '-gz"'
+            response.headers["ETag"] = gzip_etag(response.headers["ETag"])
 
     def _add_cors(self, environ: dict[str, Any], response: Response) -> None:
         headers = response.headers
@@ -237,6 +279,8 @@ class PrecomputedApp:
         body = response.body
         if isinstance(body, bytes):
             return [body]
+        if isinstance(body, Pieces):
+            return _pieces(body)
         wrapper = environ.get("wsgi.file_wrapper")
         if body.offset == 0 and wrapper is not None and body.location is None:
             try:
@@ -271,29 +315,53 @@ def _request_path(environ: dict[str, Any]) -> str:
     return path.encode("latin-1", "replace").decode("utf-8", "replace")
 
 
-def _file_mtime(body: bytes | FileRegion) -> float | None:
-    if isinstance(body, FileRegion) and body.location is None:
-        try:
-            return os.stat(body.path).st_mtime
-        except OSError:
-            return None
-    return None
+def _partial(response: Response, ranges: list[tuple[int, int]], size: int) -> Response:
+    """The 206 answer: one range as it is, several as ``multipart/byteranges``."""
+    response.status = 206
+    if len(ranges) == 1:
+        start, end = ranges[0]
+        response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        response.body = _slice(response.body, start, end + 1)
+        return response
+    boundary = secrets.token_hex(10)
+    content_type = response.headers.get("Content-Type", OCTETS)
+    parts: list[bytes | FileRegion] = []
+    for start, end in ranges:
+        head = f"\r\n--{boundary}\r\nContent-Type: {content_type}\r\n"
+        parts.append(f"{head}Content-Range: bytes {start}-{end}/{size}\r\n\r\n".encode())
+        parts.append(_slice(response.body, start, end + 1))
+    parts.append(f"\r\n--{boundary}--\r\n".encode())
+    response.body = Pieces(tuple(parts))
+    response.headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
+    return response
 
 
-def _slice(body: bytes | FileRegion, start: int, stop: int) -> bytes | FileRegion:
+def _slice(body: Body, start: int, stop: int) -> bytes | FileRegion:
     if isinstance(body, bytes):
         return body[start:stop]
+    if isinstance(body, Pieces):
+        raise TypeError("a multipart body is never sliced again")
     return FileRegion(body.path, body.offset + start, stop - start, body.location)
 
 
-def _read_all(body: bytes | FileRegion) -> bytes:
+def _read_all(body: Body) -> bytes:
     if isinstance(body, bytes):
         return body
+    if isinstance(body, Pieces):
+        return b"".join(_pieces(body))
     if body.location is not None:
         return body.location.read_range(body.path, body.offset, body.length) or b""
     with open(body.path, "rb") as f:
         f.seek(body.offset)
         return f.read(body.length)
+
+
+def _pieces(body: Pieces) -> Iterator[bytes]:
+    for part in body.parts:
+        if isinstance(part, bytes):
+            yield part
+        else:
+            yield from _file_blocks(part)
 
 
 def _file_blocks(region: FileRegion, block: int = 1 << 18) -> Iterator[bytes]:

@@ -1,8 +1,10 @@
 """The Neuroglancer client bundled in the ``neuroglancer`` wheel, and links that open it.
 
-The wheel's client is built for its Python server: it only starts under ``/v/<token>/`` and reads
-its state from the URL fragment (``#!`` + JSON). We serve its files and build that fragment, so a
-user needs no internet to look at the data.
+The wheel's client is built for its Python server: it only starts under ``/v/<token>/``, reads
+its state from the URL fragment (``#!`` + JSON), and listens at ``/events/<token>`` for state
+that Python pushes. We serve its files, build that fragment, and give its page a quiet stand-in
+for that event stream (no Python drives this viewer), so the status bar stays clean and the
+server is not asked every two seconds. A user needs no internet to look at the data.
 """
 
 from __future__ import annotations
@@ -15,6 +17,34 @@ from typing import Any
 from ..errors import PrecomputedTifError
 
 VIEWER_PATH = "/v/ng/"
+
+# Runs before the client's scripts: an EventSource for the Python server's /events/<token> that
+# opens and then stays silent, as the real stream does while Python changes nothing. Every other
+# EventSource is the browser's own. (The client shows "Disconnected from Python server" and
+# retries every 2 s when that stream fails, and a streaming answer would hold a server thread.)
+QUIET_EVENTS_SCRIPT = r"""<script>(function () {
+  var Real = window.EventSource;
+  function Quiet(url) {
+    var self = this;
+    self.url = String(url);
+    self.readyState = 0;
+    self.withCredentials = false;
+    setTimeout(function () {
+      if (self.readyState !== 0) return;
+      self.readyState = 1;
+      if (self.onopen) self.onopen(new Event("open"));
+    }, 0);
+  }
+  Quiet.prototype.close = function () { this.readyState = 2; };
+  Quiet.prototype.addEventListener = function () {};
+  Quiet.prototype.removeEventListener = function () {};
+  function EventSource(url, init) {
+    if (/\/events\/[^/]+$/.test(new URL(url, location.href).pathname)) return new Quiet(url);
+    return new Real(url, init);
+  }
+  EventSource.CONNECTING = 0; EventSource.OPEN = 1; EventSource.CLOSED = 2;
+  window.EventSource = EventSource;
+})();</script>"""
 
 
 def client_folder() -> str:
@@ -31,11 +61,22 @@ def client_folder() -> str:
     return folder
 
 
+def index_page(folder: str) -> bytes:
+    """The client's ``index.html`` with the quiet event stream installed before its scripts."""
+    with open(os.path.join(folder, "index.html"), "rb") as f:
+        page = f.read().decode("utf-8")
+    head = page.find("<head>")
+    if head < 0:
+        return (QUIET_EVENTS_SCRIPT + page).encode("utf-8")
+    at = head + len("<head>")
+    return (page[:at] + QUIET_EVENTS_SCRIPT + page[at:]).encode("utf-8")
+
+
 Layer = tuple[str, str, dict[str, Any], "tuple[float, float] | None"]
 
 
 def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> dict[str, Any]:
-    """A viewer state showing each (name, url path, info, display range) layer.
+    """A viewer state showing each (name, url path or full source URL, info, display range) layer.
 
     The view is centred on the first layer and zoomed so its planes fill a panel; an image's
     display range (its dim and bright ends) sets the contrast, which Neuroglancer would
@@ -58,7 +99,8 @@ def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> 
         kind = "segmentation" if info.get("type") == "segmentation" else "image"
         if info.get("@type") == "neuroglancer_annotations_v1":
             kind = "annotation"
-        url = "precomputed://" + base_url.rstrip("/") + path
+        # a path with its own scheme (zarr://...) is taken as it is
+        url = path if "://" in path else "precomputed://" + base_url.rstrip("/") + path
         layer: dict[str, Any] = {"type": kind, "source": url, "name": name}
         if kind == "annotation":
             layer["annotationColor"] = "#ff00ff"  # stands out from grey images and yellow boxes
@@ -71,20 +113,14 @@ def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> 
 
 def display_range(directory: str) -> tuple[float, float] | None:
     """The 0.5 and 99.5 percentiles of a volume's coarsest level, or None if unreadable."""
-    import numpy as np
-
     from ..errors import PrecomputedTifError as _Error
     from ..read import open_volume
+    from ..stores.base import display_window
 
     try:
-        volume = open_volume(directory)
-        data = volume[len(volume)][:, :, :]
+        return display_window(open_volume(directory).store)
     except (_Error, OSError, ValueError):
         return None
-    if data.size == 0:
-        return None
-    low, high = np.percentile(data, [0.5, 99.5])
-    return (float(low), float(high) if high > low else float(low) + 1)
 
 
 def viewer_link(base_url: str, state: dict[str, Any]) -> str:

@@ -18,10 +18,18 @@ from typing import Any
 from ..cache import ByteCache
 from ..errors import StoreError
 from ..geometry import Box
-from ..locations import REMOTE_RECHECK_SECONDS, file_stamp, is_remote, open_writable
+from ..locations import (
+    REMOTE_RECHECK_SECONDS,
+    file_stamp,
+    gzip_content,
+    is_remote,
+    open_writable,
+)
 from ..pyramid import Pyramid
 from ..stores import ChunkStore, create_store
+from ..stores._zarr import ZARR_JSON, ZATTRS
 from ..stores.base import INFO_NAME, read_info
+from ..stores.ngff import NgffStore
 from .config import Source
 from .http import JSON, OCTETS, FileRegion, HttpError, Response, etag_for, http_date
 
@@ -64,9 +72,9 @@ class StoreCache:
         with self._lock:
             cached = self._stores.get(key)
         if cached is not None and is_remote(source.directory):
-            stamp, store, checked = cached
+            _, remembered, checked = cached
             if time.monotonic() - checked < REMOTE_RECHECK_SECONDS:
-                return store
+                return remembered
         stamp = info_stamp(source)
         if stamp is None:
             raise HttpError(404, "the volume has no info file")
@@ -75,8 +83,11 @@ class StoreCache:
                 self._stores[key] = (stamp, cached[1], time.monotonic())
                 self._stores.move_to_end(key)
             return cached[1]
-        pyramid = _read_pyramid(source.directory)
-        store = create_store(source.format, source.directory, pyramid)
+        store: ChunkStore
+        if source.format == "ngff":
+            store = NgffStore.open(source.directory)
+        else:
+            store = create_store(source.format, source.directory, _read_pyramid(source.directory))
         with self._lock:
             self._stores[key] = (stamp, store, time.monotonic())
             self._stores.move_to_end(key)
@@ -86,9 +97,16 @@ class StoreCache:
 
 
 def info_stamp(source: Source) -> Stamp:
-    if is_remote(source.directory):
-        return open_writable(source.directory).stamp(INFO_NAME)
-    return file_stamp(os.path.join(source.directory, INFO_NAME))
+    """What changes when the volume is rewritten: its info, or an OME-Zarr image's group."""
+    names = [ZARR_JSON, ZATTRS] if source.format == "ngff" else [INFO_NAME]
+    for name in names:
+        if is_remote(source.directory):
+            stamp = open_writable(source.directory).stamp(name)
+        else:
+            stamp = file_stamp(os.path.join(source.directory, name))
+        if stamp is not None:
+            return stamp
+    return None
 
 
 def _read_pyramid(directory: str) -> Pyramid:
@@ -98,7 +116,12 @@ def _read_pyramid(directory: str) -> Pyramid:
         raise StoreError(f"the info file of {directory!r} is unreadable: {exc}") from exc
 
 
-def serve_info(source: Source) -> Response:
+def serve_info(source: Source, stores: StoreCache) -> Response:
+    if source.format == "ngff":
+        # an OME-Zarr image as a precomputed source: the info its metadata implies
+        stamp = info_stamp(source)
+        body = stores.get(source).pyramid.info_bytes()
+        return Response(200, body, {"Content-Type": JSON, "ETag": etag_for("info", stamp)})
     if is_remote(source.directory):
         return _remote_file(source, [INFO_NAME], content_type=JSON)
     path = os.path.join(source.directory, INFO_NAME)
@@ -140,17 +163,19 @@ def serve_chunk(
         if len(body) != local.voxels * pyramid.dtype.itemsize:
             raise StoreError(f"chunk {name} of {source.directory!r} has the wrong size")
         cache.put(cache_key, body)
-    return Response(200, body, {"Content-Type": OCTETS, "ETag": etag_for(stamp)})
+    # a local store's stamp opens with the file's mtime in ns; other stamps are opaque
+    mtime = stamp[0] / 1e9 if len(stamp) > 1 and not is_remote(source.directory) else None
+    return Response(200, body, {"Content-Type": OCTETS, "ETag": etag_for(stamp)}, mtime)
 
 
-def serve_file(source: Source, parts: list[str]) -> Response:
+def serve_file(source: Source, parts: list[str], hidden: tuple[str, ...] = ()) -> Response:
     """A plain file of a raw folder; never one outside it, never a hidden one.
 
     A missing ``name`` whose ``name.gz`` exists (precomputed chunks written with gzip) is
     answered with the gzip bytes and ``Content-Encoding: gzip``; the app unpacks them for
     clients that do not accept gzip.
     """
-    if any(part.startswith(".") for part in parts):
+    if any(part.startswith(".") and part not in hidden for part in parts):
         raise HttpError(404, "not found")
     if is_remote(source.directory):
         return _remote_file(source, parts)
@@ -178,9 +203,27 @@ def _remote_file(source: Source, parts: list[str], content_type: str | None = No
     if content_type is None:
         content_type = OCTETS if encoding else CONTENT_TYPES.get(os.path.splitext(name)[1], OCTETS)
     headers = {"Content-Type": content_type, "ETag": etag_for(*stamp)}
+    body: bytes | FileRegion = FileRegion(name, 0, stamp[1], location)
+    if encoding is None and _is_chunk_name(parts[-1]):
+        # --gzip chunks in a bucket are gzip bytes under the plain name (Content-Encoding
+        # metadata, which fsspec does not report): recognised by their content
+        content = location.read(name)
+        if content is None:
+            raise HttpError(404, "not found")
+        body = content
+        if gzip_content(content) is not None:
+            encoding = "gzip"
     if encoding:
         headers["Content-Encoding"] = encoding
-    return Response(200, FileRegion(name, 0, stamp[1], location), headers)
+    return Response(200, body, headers)
+
+
+def _is_chunk_name(name: str) -> bool:
+    try:
+        Box.from_chunk_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _inside(source: Source, path: str) -> str:
@@ -209,4 +252,5 @@ def _static_file(path: str, content_type: str | None = None) -> Response:
             "ETag": etag_for(stat.st_mtime_ns, stat.st_size, stat.st_ino),
             "Last-Modified": http_date(stat.st_mtime),
         },
+        stat.st_mtime,
     )

@@ -10,10 +10,18 @@ import itertools
 import os
 
 from ..errors import StoreError
-from ..locations import HTTP_SCHEMES, is_remote, open_location, open_writable, url_scheme
+from ..locations import (
+    HTTP_SCHEMES,
+    can_write_gzip,
+    is_remote,
+    open_location,
+    open_writable,
+    url_scheme,
+)
 from ..pyramid import Pyramid
 from .base import ChunkStore, read_info
 from .blockfs import DIRECTORY_NAME, BlockfsStore
+from .ngff import NgffStore, is_ngff
 from .precomputed import PrecomputedStore
 from .tiff import TiffStore
 from .zarr_v2 import ZARRAY, ZarrStore
@@ -23,6 +31,7 @@ FORMATS: dict[str, type[ChunkStore]] = {
     "zarr": ZarrStore,
     "blockfs": BlockfsStore,
     "precomputed": PrecomputedStore,
+    "ngff": NgffStore,
 }
 
 
@@ -38,10 +47,15 @@ def create_store(
         ) from None
     if is_remote(path) and not cls.remote_ok:
         raise StoreError(
-            f"--format {format_name} writes to local or shared folders only; --format zarr or "
-            f"precomputed can write to {url_scheme(path)}:// URLs"
+            f"--format {format_name} writes to local or shared folders only; --format ngff, "
+            f"zarr or precomputed can write to {url_scheme(path)}:// URLs"
         )
     if cls is PrecomputedStore:
+        if gzip_files and not can_write_gzip(path):
+            raise StoreError(
+                f"--gzip cannot write to {url_scheme(path)}:// URLs: only folders, s3:// and "
+                "gs:// keep the Content-Encoding: gzip that readers need; drop --gzip"
+            )
         return PrecomputedStore(path, pyramid, gzip_files)
     if gzip_files:
         raise StoreError("--gzip applies to --format precomputed only")
@@ -75,11 +89,17 @@ def open_store(path: str, format_name: str | None = None) -> ChunkStore:
     detected when not given).
 
     ``http(s)://`` URLs are read as Neuroglancer precomputed sources, whatever layout the
-    server keeps on its disk.
+    server keeps on its disk, unless they hold no ``info`` but an OME-Zarr image, or
+    `format_name` is ``ngff``. A folder holding an OME-Zarr image is read as one.
     """
     url = path.removeprefix("precomputed://")
+    for prefix in ("zarr://", "zarr2://", "zarr3://"):  # Neuroglancer's words for OME-Zarr
+        if url.startswith(prefix):
+            url, format_name = url.removeprefix(prefix), format_name or "ngff"
     if url_scheme(url) == "file":
         url = open_location(url).url
+    if format_name == "ngff" or (format_name is None and _holds_ngff(url)):
+        return NgffStore.open(url)
     pyramid = Pyramid.from_info(read_info(url))
     if url_scheme(url) in HTTP_SCHEMES or any(s.sharding is not None for s in pyramid.scales):
         format_name = "precomputed"
@@ -88,4 +108,11 @@ def open_store(path: str, format_name: str | None = None) -> ChunkStore:
     return create_store(format_name, url, pyramid)
 
 
-__all__ = ["FORMATS", "ChunkStore", "create_store", "detect_format", "open_store"]
+def _holds_ngff(url: str) -> bool:
+    location = open_location(url)
+    if url_scheme(url) in HTTP_SCHEMES and location.read("info") is not None:
+        return False  # a precomputed server (ours serves OME-Zarr folders that way too)
+    return is_ngff(location)
+
+
+__all__ = ["FORMATS", "ChunkStore", "NgffStore", "create_store", "detect_format", "open_store"]

@@ -9,6 +9,7 @@ bytes on disk never depend on which task finished first.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -18,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from ..encodings import encode_chunk
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
 from ..locations import (
     LocalLocation,
+    Location,
     WritableLocation,
     is_remote,
     open_location,
@@ -34,21 +37,49 @@ STATE_DIR = ".precomputed-tif"
 TMP_DIR = "tmp"
 
 
+def load_json(location: Location, name: str) -> dict[str, Any] | None:
+    """The JSON object stored at `name`, None when missing; StoreError when it is not one."""
+    try:
+        content = location.read(name)
+    except StoreError:
+        raise
+    except OSError as exc:
+        raise StoreError(f"cannot read {location.url}/{name}: {exc}") from exc
+    if content is None:
+        return None
+    try:
+        obj = json.loads(content)
+    except ValueError as exc:
+        raise StoreError(f"{location.url}/{name} is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise StoreError(f"{location.url}/{name} is not a JSON object")
+    return obj
+
+
 def read_info(path: str) -> dict[str, Any]:
     """The info JSON of the volume at a folder or URL."""
-    try:
-        content = open_location(path).read(INFO_NAME)
-    except OSError as exc:
-        raise StoreError(f"cannot read {path}/{INFO_NAME}: {exc}") from exc
-    if content is None:
+    info = load_json(open_location(path), INFO_NAME)
+    if info is None:
         raise StoreError(f"{path!r} has no info file: not a precomputed volume")
-    try:
-        info = json.loads(content)
-    except ValueError as exc:
-        raise StoreError(f"{path}/{INFO_NAME} is not JSON: {exc}") from exc
-    if not isinstance(info, dict):
-        raise StoreError(f"{path}/{INFO_NAME} is not a JSON object")
     return info
+
+
+WINDOW_SAMPLE = 128  # voxels per axis of the coarsest level a display window looks at
+
+
+def display_window(store: ChunkStore) -> tuple[float, float] | None:
+    """The 0.5 and 99.5 percentiles of the coarsest level (a central block of it when large):
+    a display range that shows a 12-bit camera image in uint16, or None when there is no data.
+    """
+    level = store.pyramid.n_levels
+    size = store.pyramid.scale(level).size
+    start = tuple(max(0, (s - WINDOW_SAMPLE) // 2) for s in size)
+    stop = tuple(min(s, a + WINDOW_SAMPLE) for a, s in zip(start, size))
+    data = store.read_region(level, Box(start, stop))  # type: ignore[arg-type]
+    if data.size == 0:
+        return None
+    low, high = (float(v) for v in np.percentile(data, [0.5, 99.5]))
+    return (low, high if high > low else low + 1)
 
 
 class TaskWriter:
@@ -111,6 +142,12 @@ class ChunkStore(ABC):
     def finish_level(self, level: int) -> None:
         """Called once every task of the level is committed."""
 
+    def discard_level_work(self, level: int) -> None:
+        """Forget unfinished work on `level` (part files, commit logs) before making it anew.
+
+        Layouts that write every chunk in place have nothing to forget.
+        """
+
     def repair_level(self, level: int, task_boxes: list[Box], redone: set[int]) -> None:
         """Called after tasks `redone` of a finished level ran again; `task_boxes` are every
         task's box of this level. Layouts of one file per chunk (or shard) have nothing to do."""
@@ -121,6 +158,15 @@ class ChunkStore(ABC):
     @abstractmethod
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
         """Store one whole chunk (edge chunks clipped) of `level`; `data` is (z, y, x)."""
+
+    def remove_empty_state(self) -> None:
+        """Remove the folders of run state that nothing is left in (local volumes only)."""
+        if is_remote(self.path):
+            return
+        root = os.path.join(self.path, STATE_DIR)
+        for folder, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # fails, as it should, on folders that still hold files
 
     def write_info(self) -> None:
         self.files.write(INFO_NAME, self.pyramid.info_bytes())
@@ -138,7 +184,7 @@ class ChunkStore(ABC):
         data = self.read_chunk(level, box)
         if data is None:
             return None
-        return np.ascontiguousarray(data, data.dtype.newbyteorder("<")).tobytes()
+        return encode_chunk(data, "raw")
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
         """What changes when the chunk's bytes change (file times, sizes), or None if missing.
@@ -153,9 +199,11 @@ class ChunkStore(ABC):
         return [self.read_chunk(level, box) for box in boxes]
 
     def read_region(self, level: int, box: Box) -> np.ndarray:
-        """Any box of `level` as a (z, y, x) array; unwritten chunks and outside read as zero."""
+        """Any box of `level` as a (z, y, x) array, (z, y, x, c) for several channels; unwritten
+        chunks and outside read as zero."""
         scale = self.pyramid.scale(level)
-        out = np.zeros(box.numpy_shape, self.pyramid.dtype)
+        channels = self.pyramid.num_channels
+        out = np.zeros(box.numpy_shape + ((channels,) if channels > 1 else ()), self.pyramid.dtype)
         chunks = [chunk for _, chunk in chunks_in(box, scale.chunk_size, scale.size)]
         for chunk, data in zip(chunks, self.read_chunks(level, chunks)):
             if data is None:

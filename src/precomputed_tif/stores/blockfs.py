@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..compression import blosc_encode
 from ..encodings import blosc_frame_is_whole
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
@@ -41,6 +42,7 @@ DIRECTORY_NAME = "precomputed.blockfs"
 VERSION = "1.0.0"
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 1
+BITSHUFFLE = 2  # Blosc's shuffle flag, as the original writes
 BLOSC_MAX_OVERHEAD = 16
 
 
@@ -148,6 +150,12 @@ class BlockDirectory:
         if len(raw) != math.prod(shape) * dtype.itemsize:
             raise StoreError(f"block {i} in {path!r} holds {len(raw)} bytes; expected {shape}")
         return raw
+
+
+def encode_block(data: np.ndarray) -> bytes:
+    """The Blosc frame we store for one block: its little-endian voxels, C order."""
+    little = np.ascontiguousarray(data, data.dtype.newbyteorder("<"))
+    return blosc_encode(little, COMPRESSION, COMPRESSION_LEVEL, BITSHUFFLE)
 
 
 def encode_directory_header(metadata: dict[str, Any]) -> bytes:
@@ -284,12 +292,7 @@ class _PartWriter(TaskWriter):
         self.entries: list[tuple[int, int, int, int]] = []
 
     def write_chunk(self, box: Box, data: np.ndarray) -> None:
-        import numcodecs
-
-        codec = numcodecs.Blosc(
-            cname=COMPRESSION, clevel=COMPRESSION_LEVEL, shuffle=numcodecs.Blosc.BITSHUFFLE
-        )
-        frame = codec.encode(np.ascontiguousarray(data, data.dtype.newbyteorder("<")))
+        frame = encode_block(data)
         block = self.store_.block_index(self.level, box)
         self.entries.append((block, self.file.tell(), len(frame), zlib.crc32(frame)))
         self.file.write(frame)
@@ -355,14 +358,14 @@ class BlockfsStore(ChunkStore):
     def block_file_path(self, level: int) -> str:
         return os.path.abspath(self.directory_path(level)) + ".0"
 
-    def _state_path(self, level: int) -> str:
+    def state_path(self, level: int) -> str:
         return os.path.join(self.path, STATE_DIR, "blockfs", self.pyramid.scale(level).key)
 
     def part_path(self, level: int, task_index: int) -> str:
-        return os.path.join(self._state_path(level), f"part-{task_index:08d}.blocks")
+        return os.path.join(self.state_path(level), f"part-{task_index:08d}.blocks")
 
     def _index_path(self, level: int, task_index: int) -> str:
-        return os.path.join(self._state_path(level), f"part-{task_index:08d}.index")
+        return os.path.join(self.state_path(level), f"part-{task_index:08d}.index")
 
     def block_index(self, level: int, box: Box) -> int:
         scale = self.pyramid.scale(level)
@@ -399,7 +402,7 @@ class BlockfsStore(ChunkStore):
     # --- writing -----------------------------------------------------------------------
     def prepare_level(self, level: int) -> None:
         super().prepare_level(level)
-        os.makedirs(self._state_path(level), exist_ok=True)
+        os.makedirs(self.state_path(level), exist_ok=True)
         os.makedirs(os.path.dirname(checksum_path(self.directory_path(level))), exist_ok=True)
 
     def task_writer(self, level: int, task_index: int) -> TaskWriter:
@@ -409,7 +412,7 @@ class BlockfsStore(ChunkStore):
         raise StoreError("blockfs chunks are written through a task writer")
 
     def _commit_log(self, level: int) -> dict[str, Any]:
-        path = os.path.join(self._state_path(level), "commits.json")
+        path = os.path.join(self.state_path(level), "commits.json")
         try:
             with open(path, "rb") as f:
                 return json.loads(f.read())
@@ -453,16 +456,27 @@ class BlockfsStore(ChunkStore):
         log["bases"].append(base)
         log["length"] = end
         write_atomically(
-            os.path.join(self._state_path(level), "commits.json"),
+            os.path.join(self.state_path(level), "commits.json"),
             json.dumps(log).encode(),
             self.tmp_dir,
         )
         os.unlink(path)
 
+    def discard_level_work(self, level: int) -> None:
+        # the directory goes first: a level being remade must not look finished meanwhile
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory_path(level))
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.level_path(level)):
+                if name.startswith(DIRECTORY_NAME + "."):  # block files, ours or the original's
+                    os.unlink(os.path.join(self.level_path(level), name))
+        shutil.rmtree(self.state_path(level), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(checksum_path(self.directory_path(level)))
+
     def finish_level(self, level: int) -> None:
         """Write the directory once every block is in the block file, never before."""
         scale = self.pyramid.scale(level)
-        metadata = self.metadata(level)
         offsets = np.zeros(scale.n_chunks, np.uint64)
         sizes = np.zeros(scale.n_chunks, np.uint64)
         crcs = np.zeros(scale.n_chunks, "<u4")
@@ -477,7 +491,22 @@ class BlockfsStore(ChunkStore):
         with open(target, "r+b" if os.path.exists(target) else "wb") as out:
             out.truncate(int(log["length"]))  # bytes of a commit that was never recorded
         _check_entries(target, offsets, sizes, int(log["length"]), level)
-        write_atomically(checksum_path(self.directory_path(level)), crcs.tobytes(), self.tmp_dir)
+        self.write_directory(level, offsets, sizes, crcs)
+
+    def write_directory(
+        self, level: int, offsets: np.ndarray, sizes: np.ndarray, crcs: np.ndarray | None = None
+    ) -> None:
+        """Write the level's directory file: block i is `sizes[i]` bytes at `offsets[i]` of the
+        level's block file (size 0: never written), with the blocks' CRC32s beside it when
+        known. Written whole and last, so it appears complete."""
+        crc_path = checksum_path(self.directory_path(level))
+        if crcs is None:  # a stale list would make good blocks look damaged
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(crc_path)
+        else:
+            os.makedirs(os.path.dirname(crc_path), exist_ok=True)
+            write_atomically(crc_path, crcs.astype("<u4").tobytes(), self.tmp_dir)
+        metadata = self.metadata(level)
         content = encode_directory_header(metadata) + encode_entries(offsets, sizes, metadata)
         write_atomically(self.directory_path(level), content, self.tmp_dir)
 
@@ -515,11 +544,8 @@ class BlockfsStore(ChunkStore):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        write_atomically(checksum_path(self.directory_path(level)), crcs.tobytes(), self.tmp_dir)
-        metadata = self.metadata(level)
-        content = encode_directory_header(metadata) + encode_entries(offsets, sizes, metadata)
-        write_atomically(self.directory_path(level), content, self.tmp_dir)
-        shutil.rmtree(self._state_path(level), ignore_errors=True)
+        self.write_directory(level, offsets, sizes, crcs)
+        shutil.rmtree(self.state_path(level), ignore_errors=True)
 
     def _copy_part(self, level: int, task_index: int, out: Any) -> np.ndarray:
         path = self.part_path(level, task_index)

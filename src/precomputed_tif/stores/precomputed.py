@@ -1,7 +1,10 @@
 """``--format precomputed``: Neuroglancer's own layout, readable by every tool of the field.
 
-Unsharded: one file per chunk, ``R_R_R/x0-x1_y0-y1_z0-z1`` (``.gz`` appended when written with
-gzip, which our servers send as ``Content-Encoding: gzip``), in the scale's encoding. Sharded
+Unsharded: one file per chunk, ``R_R_R/x0-x1_y0-y1_z0-z1``, in the scale's encoding. With gzip
+(``--gzip``) a folder holds ``name.gz`` (web servers' ``gzip_static`` convention: ours, nginx) and
+a bucket holds the gzip bytes under the plain name with ``Content-Encoding: gzip`` (what
+Neuroglancer and TensorStore read straight from S3 or GCS); both are read back here. The folder
+tree ``x0-x1/y0-y1/z0-z1`` that neuroglancer-scripts writes by default is read too. Sharded
 scales (``neuroglancer_uint64_sharded_v1``) are read here; the converter writes them a shard at a
 time. Reading works the same from a folder or an ``http(s)://`` URL: chunks are fetched
 concurrently and decoded chunks are kept in a bounded cache.
@@ -18,10 +21,18 @@ from typing import Any
 import numpy as np
 
 from ..cache import ByteCache
+from ..compression import gzip_compress
 from ..encodings import decode_chunk, encode_chunk
 from ..errors import StoreError
 from ..geometry import Box
-from ..locations import HTTP_SCHEMES, Location, open_location, url_scheme
+from ..locations import (
+    HTTP_SCHEMES,
+    Location,
+    gzip_content,
+    is_remote,
+    open_location,
+    url_scheme,
+)
 from ..sharding import ShardingSpec, compressed_morton_codes, encode_blob, write_sharded
 from .base import ChunkStore, TaskWriter
 
@@ -56,6 +67,11 @@ class PrecomputedStore(ChunkStore):
     def _level_locations(self) -> dict[str, Location]:
         return {}
 
+    @cached_property
+    def _tree_levels(self) -> dict[int, bool]:
+        """Per level, once a chunk was found: whether it uses the folder-tree layout."""
+        return {}
+
     def _level_location(self, key: str) -> Location:
         location = self._level_locations.get(key)
         if location is None:
@@ -85,7 +101,7 @@ class PrecomputedStore(ChunkStore):
         blob = self.encode(level, data)
         name = f"{scale.key}/{self.chunk_name(level, box)}"
         if self.gzip_files and scale.encoding in GZIP_ENCODINGS:
-            self.files.write(name + ".gz", gzip_module.compress(blob, compresslevel=6, mtime=0))
+            self.files.write_gzip(name, gzip_compress(blob))
         else:
             self.files.write(name, blob)
 
@@ -102,7 +118,21 @@ class PrecomputedStore(ChunkStore):
             index = [a // c for a, c in zip(box.start, scale.chunk_size)]
             key = int(compressed_morton_codes(np.array([index]), scale.grid_shape)[0])
             return reader.get(key)
-        return self._level_location(scale.key).read(self.chunk_name(level, box))
+        location = self._level_location(scale.key)
+        name = self.chunk_name(level, box)
+        tree = self._tree_levels.get(level)
+        if not tree:
+            blob = location.read(name)
+            if blob is not None or tree is False or url_scheme(self.path) in HTTP_SCHEMES:
+                if blob is not None:
+                    self._tree_levels[level] = False
+                return blob
+        # neuroglancer-scripts' default layout, x0-x1/y0-y1/z0-z1 (web servers map it to the
+        # flat names Neuroglancer asks for, so only folders and buckets hold it)
+        blob = location.read(name.replace("_", "/"))
+        if blob is not None:
+            self._tree_levels[level] = True
+        return blob
 
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         cached = self._cache[(level, box)]
@@ -112,12 +142,16 @@ class PrecomputedStore(ChunkStore):
         if blob is None:
             return None
         scale = self.pyramid.scale(level)
+        if scale.sharding is None and scale.encoding in GZIP_ENCODINGS:
+            unpacked = gzip_content(blob)  # a bucket object stored gzipped under its name
+            blob = blob if unpacked is None else unpacked
         data = decode_chunk(
             blob,
             scale.encoding,
             box.numpy_shape,
             self.pyramid.dtype,
             block_size=scale.segmentation_block_size or (8, 8, 8),
+            channels=self.pyramid.num_channels,
         )
         self._cache.put((level, box), data, data.nbytes)
         return data
@@ -136,27 +170,45 @@ class PrecomputedStore(ChunkStore):
             return list(pool.map(lambda box: self.read_chunk(level, box), boxes))
 
 
+def gzip_note(dest: str) -> str:
+    """Where a ``--gzip`` volume at `dest` can be read from, for the end of a run."""
+    if is_remote(dest):
+        return (
+            "chunks are stored gzipped with Content-Encoding: gzip metadata: Neuroglancer, "
+            "TensorStore and CloudVolume read them straight from the bucket"
+        )
+    return (
+        "chunks are stored as name.gz: serve the folder with precomputed-webserver, or nginx "
+        "with 'gzip_static always; gunzip on;' (see the README); plain static servers and "
+        "TensorStore's file driver see no chunks"
+    )
+
+
 class _ShardWriter(TaskWriter):
     """Collects a task's chunks, which make exactly one shard, and writes it whole on close."""
 
     def __init__(self, store: PrecomputedStore, level: int) -> None:
         super().__init__(store, level)
         self.precomputed = store
-        self.codes: list[int] = []
-        self.blobs: list[bytes] = []
+        self.scale = store.pyramid.scale(level)
+        self.spec = ShardingSpec.from_json(self.scale.sharding_json or {})
+        self.cells: list[list[int]] = []
+        self.blobs: list[bytes | np.ndarray] = []
+        # raw chunks in raw shards: kept as views of the task's region and copied once, into the
+        # shard (a shard is a block the task already holds: no second copy of it in memory)
+        self.as_views = self.scale.encoding == "raw" and self.spec.data_encoding == "raw"
 
     def write_chunk(self, box: Box, data: np.ndarray) -> None:
-        scale = self.precomputed.pyramid.scale(self.level)
-        index = [a // c for a, c in zip(box.start, scale.chunk_size)]
-        self.codes.append(int(compressed_morton_codes(np.array([index]), scale.grid_shape)[0]))
+        self.cells.append([a // c for a, c in zip(box.start, self.scale.chunk_size)])
+        if self.as_views:
+            self.blobs.append(data.astype(data.dtype.newbyteorder("<"), copy=False))
+            return
         blob = self.precomputed.encode(self.level, data)
-        spec = ShardingSpec.from_json(scale.sharding_json or {})
-        self.blobs.append(encode_blob(blob) if spec.data_encoding == "gzip" else blob)
+        self.blobs.append(encode_blob(blob) if self.spec.data_encoding == "gzip" else blob)
 
     def close(self) -> None:
-        scale = self.precomputed.pyramid.scale(self.level)
-        spec = ShardingSpec.from_json(scale.sharding_json or {})
-        codes = np.array(self.codes, np.uint64)
+        scale, spec = self.scale, self.spec
+        codes = compressed_morton_codes(np.array(self.cells).reshape(-1, 3), scale.grid_shape)
         shards = set(spec.locate(codes)[0].tolist())
         if len(shards) > 1:
             raise StoreError(f"a task of level {self.level} spans shards {sorted(shards)}")

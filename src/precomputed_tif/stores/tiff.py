@@ -1,7 +1,8 @@
 """``--format tiff``: one deflate-compressed 3D TIFF per chunk, ``R_R_R/x0-x1_y0-y1_z0-z1.tiff``.
 
-Pages run along z, each page is (y, x), as the original precomputed-tif writes them. Any deflate
-level reads the same; we use a faster level than the original's 4 (see the README's benchmark).
+Pages run along z, each page is (y, x) in one strip, as the original precomputed-tif writes them.
+Any deflate level reads the same: the strips are encoded by `compression` (ISA-L when installed,
+faster than zlib at its level 1; see benchmarks/bench_codecs.py) and handed to tifffile encoded.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import os
 
 import numpy as np
 
+from ..compression import zlib_compress
 from ..errors import StoreError
 from ..geometry import Box
 from ..locations import file_stamp, write_atomically
 from .base import ChunkStore
-
-ZLIB_LEVEL = 1
 
 
 class TiffStore(ChunkStore):
@@ -28,14 +28,22 @@ class TiffStore(ChunkStore):
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
         import tifffile
 
+        little = np.ascontiguousarray(data, data.dtype.newbyteorder("<"))
         buffer = io.BytesIO()
-        tifffile.imwrite(
-            buffer,
-            np.ascontiguousarray(data),
-            compression="zlib",
-            compressionargs={"level": ZLIB_LEVEL},
-            photometric="minisblack",
-        )
+        if little.shape[2] == 1:
+            # tifffile takes a last axis of 1 for samples and makes one (z, y) page: its own
+            # encoder then, for these rare one-voxel-wide edge chunks
+            tifffile.imwrite(buffer, little, compression="zlib", photometric="minisblack")
+        else:
+            tifffile.imwrite(
+                buffer,
+                (zlib_compress(plane) for plane in little),  # a page is one encoded strip
+                shape=little.shape,
+                dtype=little.dtype,
+                byteorder="<",
+                compression="zlib",
+                photometric="minisblack",
+            )
         write_atomically(self.chunk_path(level, box), buffer.getbuffer(), self.tmp_dir)
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:

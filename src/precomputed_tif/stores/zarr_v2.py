@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..compression import blosc_encode
 from ..encodings import blosc_frame_is_whole
 from ..errors import StoreError
 from ..geometry import Box
@@ -24,7 +25,13 @@ from .base import ChunkStore
 ZARRAY = ".zarray"
 ZGROUP = ".zgroup"
 _ArrayMeta = tuple[dict[str, Any], Any, str]  # .zarray, its codec, the chunk key separator
-COMPRESSOR = {"id": "blosc", "cname": "zstd", "clevel": 1, "shuffle": 2, "blocksize": 0}
+COMPRESSOR: dict[str, Any] = {
+    "id": "blosc",
+    "cname": "zstd",
+    "clevel": 1,
+    "shuffle": 2,
+    "blocksize": 0,
+}
 
 
 def _array_meta(files: WritableLocation, key: str) -> _ArrayMeta:
@@ -96,8 +103,6 @@ class ZarrStore(ChunkStore):
         return f"{scale.key}/{zi}{separator}{yi}{separator}{xi}"
 
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
-        import numcodecs
-
         cx, cy, cz = self.pyramid.scale(level).chunk_size
         if data.shape != (cz, cy, cx):
             # zarr v2 stores edge chunks at full size; the padding is never read back
@@ -105,7 +110,9 @@ class ZarrStore(ChunkStore):
             padded[: data.shape[0], : data.shape[1], : data.shape[2]] = data
             data = padded
         little = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
-        encoded = numcodecs.get_codec(COMPRESSOR).encode(little)
+        encoded = blosc_encode(
+            little, COMPRESSOR["cname"], COMPRESSOR["clevel"], COMPRESSOR["shuffle"]
+        )
         self.files.write(self._chunk_key(level, box, "/"), encoded)
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:

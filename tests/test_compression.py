@@ -1,0 +1,92 @@
+"""Our deflate streams (ISA-L, or zlib without it) are standard: stdlib decoders read them."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import random_stack
+from precomputed_tif import compression as deflate
+from precomputed_tif.geometry import Box
+from precomputed_tif.pyramid import plan_pyramid
+from precomputed_tif.stores.tiff import TiffStore
+
+
+@pytest.fixture(params=["installed", "zlib fallback"])
+def encoder(request, monkeypatch):
+    if request.param == "zlib fallback":
+        monkeypatch.setattr(deflate, "_isal", None)
+    elif deflate._isal is None:
+        pytest.skip("isal is not installed here")
+    return request.param
+
+
+def _payload() -> bytes:
+    # microscopy-like: smooth background, noise, some repeats
+    return random_stack((8, 40, 50), "uint16", seed=11).tobytes() + bytes(5000)
+
+
+def test_zlib_stream_decodes_with_zlib(encoder):
+    data = _payload()
+    blob = deflate.zlib_compress(data)
+    assert zlib.decompress(blob) == data
+    assert len(blob) < len(data)
+    assert deflate.zlib_compress(memoryview(data)) == blob  # buffers, and deterministic
+
+
+def test_gzip_member_decodes_with_gzip_and_has_no_timestamp(encoder):
+    data = _payload()
+    blob = deflate.gzip_compress(data)
+    assert gzip.decompress(blob) == data
+    assert blob[:3] == b"\x1f\x8b\x08"
+    assert blob[4:8] == bytes(4)  # mtime 0: the same input gives the same file bytes
+    assert deflate.gzip_compress(data) == blob
+
+
+def test_tiff_chunks_are_standard_deflate_strips(tmp_path, encoder):
+    """Each page is one strip that plain zlib inflates to the page's little-endian bytes."""
+    pyramid = plan_pyramid((40, 30, 20), "uint16", voxel_size_nm=(1, 1, 1), levels=1)
+    store = TiffStore(str(tmp_path), pyramid)
+    store.prepare_level(1)
+    box = Box((0, 0, 0), (40, 30, 20))
+    data = random_stack((20, 30, 40), "uint16", seed=5)
+    store.write_chunk(1, box, data)
+    path = store.chunk_path(1, box)
+    np.testing.assert_array_equal(tifffile.imread(path), data)
+    with tifffile.TiffFile(path) as tif, open(path, "rb") as f:
+        assert len(tif.pages) == 20
+        for z, page in enumerate(tif.pages):
+            assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+            (offset,), (count,) = page.dataoffsets, page.databytecounts
+            f.seek(offset)
+            assert zlib.decompress(f.read(count)) == data[z].astype("<u2").tobytes()
+
+
+def test_blosc_frames_of_a_large_chunk_are_the_same_bytes_every_time(tmp_path):
+    """A 64^3 chunk spans many Blosc blocks; Blosc's own threads would write them in the order
+    they finish, so a resumed run would not rewrite the same bytes. Written from the main
+    thread, where numcodecs would use those threads."""
+    import numcodecs
+
+    from precomputed_tif.stores.zarr_v2 import COMPRESSOR, ZarrStore
+
+    # empty tissue, then noisy tissue: blocks that take very different times to compress
+    data = np.zeros((64, 64, 64), np.uint16)
+    data[32:] = np.random.default_rng(2).integers(0, 4096, (32, 64, 64))
+    pyramid = plan_pyramid((64, 64, 64), "uint16", voxel_size_nm=(1, 1, 1), levels=1)
+    store = ZarrStore(str(tmp_path), pyramid)
+    store.prepare_level(1)
+    box = Box((0, 0, 0), (64, 64, 64))
+    frames = set()
+    for _ in range(12):
+        store.write_chunk(1, box, data)
+        frames.add((tmp_path / "1_1_1" / "0" / "0" / "0").read_bytes())
+    assert len(frames) == 1
+    frame = frames.pop()
+    assert len(frame) < data.nbytes
+    decoded = numcodecs.get_codec(COMPRESSOR).decode(frame)
+    np.testing.assert_array_equal(np.frombuffer(decoded, "<u2").reshape(64, 64, 64), data)
