@@ -2,8 +2,9 @@
 
 We write 0.4 (zarr v2 ``.zattrs``) or 0.5 (zarr v3 ``zarr.json`` under ``ome``) for 5-D arrays
 ``(t, c, z, y, x)``, as the original NGFF layout did; ``omero`` names each channel of ``c`` and
-gives it a colour and a display window. Reading accepts 0.1-0.5 (and 0.2 without axes, as the original wrote): the space axes
-become the volume's z, y, x, and every other axis is read at index 0. No I/O happens here.
+gives it a colour and a display window. Reading accepts 0.1-0.5 (and 0.2 without axes, as the
+original wrote): the space axes become the volume's z, y, x, a ``c`` axis its channels, and every
+other axis is read at index 0. No I/O happens here.
 """
 
 from __future__ import annotations

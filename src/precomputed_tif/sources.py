@@ -232,8 +232,10 @@ class MultiPageTiffSource:
                         plane = plane.reshape(page_shape)[y0:y1, x0:x1]
                         if many:
                             out[z - z0, ..., c] = plane
+                        elif self.channel is not None:
+                            out[z - z0] = plane[..., self.channel]
                         else:
-                            out[z - z0] = plane if self.channel is None else plane[..., self.channel]
+                            out[z - z0] = plane
         except (OSError, ValueError, IndexError) as exc:
             raise SourceError(f"cannot read {self.path!r} page {z}: {exc}") from exc
         return out
