@@ -41,7 +41,7 @@ def exact_copy(store: ChunkStore) -> ChunkStore:
     return ZarrStore(f"{store.path.rstrip('/')}/{STATE_DIR}/{EXACT_DIR}", store.pyramid)
 
 
-def _downsample(data: np.ndarray, *, segmentation: bool) -> np.ndarray:
+def downsample_channels(data: np.ndarray, *, segmentation: bool) -> np.ndarray:
     """`downsample` of (z, y, x) data, or of each channel of (z, y, x, c) data."""
     if data.ndim == 3:
         return downsample(data, segmentation=segmentation)
@@ -66,14 +66,14 @@ def run_task(task: Task) -> TaskResult:
     else:
         finer = pyramid.scale(stage.first - 1)
         exact = exact_copy(store) if needs_exact_copy(pyramid, stage.first - 1) else store
-        data = _downsample(
+        data = downsample_channels(
             exact.read_region(stage.first - 1, box.scaled_up(2, finer.size)),
             segmentation=segmentation,
         )
     written = {}
     for level in stage.levels:
         if level != stage.first:
-            data = _downsample(data, segmentation=segmentation)
+            data = downsample_channels(data, segmentation=segmentation)
             box = box.scaled_down(2, pyramid.scale(level).size)
         targets = [store]
         if level == stage.last and needs_exact_copy(pyramid, level):

@@ -630,11 +630,7 @@ def _hyperstack(
     sizes = dict(kept)
     page_axes = kept_axes.replace("Y", "").replace("X", "").replace("S", "")
     z_axes = [a for a in page_axes if a != "C"]
-    if (
-        not kept_axes.endswith(("YX", "YXS"))
-        or len(z_axes) > 1
-        or ("C" in sizes and "S" in sizes)
-    ):
+    if not kept_axes.endswith(("YX", "YXS")) or len(z_axes) > 1 or ("C" in sizes and "S" in sizes):
         raise SourceError(
             f"{os.path.basename(path)!r} holds a stack of shape {shape} with axes {axes!r}; "
             "expected a z-stack of grey or RGB planes, or an ImageJ hyperstack of z and channels"
