@@ -89,7 +89,7 @@ def test_three_channels_become_one_ome_zarr_image_with_a_c_axis(tmp_path):
 def test_ome_zarr_py_sees_three_named_channels(tmp_path):
     pytest.importorskip("ome_zarr")
     from ome_zarr.io import parse_url
-    from ome_zarr.reader import Multiscales, OMERO, Reader
+    from ome_zarr.reader import OMERO, Multiscales, Reader
 
     stacks = channel_stacks(seed=6)
     dest = str(tmp_path / "sharded")

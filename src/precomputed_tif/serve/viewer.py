@@ -129,6 +129,7 @@ def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> 
             layer["blend"] = "additive"
         elif kind == "image" and info.get("num_channels") == 3 and "://" not in path:
             layer["shader"] = RGB_SHADER
+            layer["channelDimensions"] = {"c^": [1, ""]}  # the shader sees all three values
             layer.pop("shaderControls", None)
         state["layers"].append(layer)
     return state
