@@ -18,9 +18,8 @@ import urllib.parse
 import numpy as np
 import pytest
 
+from servekit import NGINX, RunningServer
 from test_serve_cli import (
-    NGINX,
-    RunningServer,
     _need_browser,
     _screenshots,
     _stardist_volume,
