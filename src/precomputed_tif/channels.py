@@ -191,9 +191,12 @@ def _rejoined(parts: list[PlaneSource]) -> PlaneSource | None:
         ):
             return joined
     if isinstance(first, MultiPageTiffSource) and first.samples == 1:
-        pages = tuple(getattr(p, "channel_pages", (None,))[0] for p in parts)
-        joined_pages = replace(first, channel_pages=pages)  # type: ignore[arg-type]
-        if all(p == replace(first, channel_pages=(page,)) for p, page in zip(parts, pages)):
+        pages = tuple(getattr(p, "channel_pages", (-1,))[0] for p in parts)
+        joined_pages = replace(first, channel_pages=pages)
+        if all(
+            page >= 0 and p == replace(first, channel_pages=(page,))
+            for p, page in zip(parts, pages)
+        ):
             return joined_pages
     return None
 

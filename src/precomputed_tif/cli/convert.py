@@ -735,7 +735,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             _check_dest(dest)
         store = create_store(args.format, dest, pyramid, gzip_files=args.gzip)
         if channel_names and args.format == "ngff":
-            store = dataclasses.replace(store, channel_names=tuple(channel_names))
+            store = dataclasses.replace(store, channel_names=tuple(channel_names))  # type: ignore[call-arg]
         if args.dry_run:
             from ..plan import describe_plan, plan_stages
 

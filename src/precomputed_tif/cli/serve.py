@@ -192,11 +192,11 @@ def _bind(app: Any, args: argparse.Namespace) -> Server:
 
 def _link(base_url: str, served: list[tuple[str, str, str, str | None]]) -> str:
     from ..errors import StoreError
-    from ..serve.viewer import display_range, viewer_link, viewer_state
+    from ..serve.viewer import Layer, display_range, viewer_link, viewer_state
     from ..stores import open_store
     from ..stores.base import read_info
 
-    layers = []
+    layers: list[Layer] = []
     for name, path, directory, color in served:
         try:
             store = open_store(directory)
