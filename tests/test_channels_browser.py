@@ -18,15 +18,17 @@ from test_channels import NAMES, channel_stacks, rgb_blocks, run, sources, write
 from test_serve_cli import RunningServer, _need_browser, _outline, _screenshots
 
 
-def _view(link: str, size_xyz, z: int) -> str:
+def _view(link: str, size_xyz, z: int, *, plain: bool = True) -> str:
+    """An xy view of plane z filling the panel; `plain` hides axis lines and scale bar (seen
+    here to leave a jpeg RGB layer undrawn at screenshot time, so that test keeps them)."""
     state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
     state.update(
         layout="xy",
         position=[size_xyz[0] / 2, size_xyz[1] / 2, z + 0.5],
         crossSectionScale=max(size_xyz[:2]) / 700,
-        showAxisLines=False,
-        showScaleBar=False,
     )
+    if plain:
+        state.update(showAxisLines=False, showScaleBar=False)
     return link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
 
 
@@ -97,12 +99,20 @@ def test_three_channels_open_as_three_coloured_layers(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the panel stays uniform grey: the RGB shader or channelDimensions of the link is not "
-    "what this Neuroglancer build wants yet (TensorStore reads the same volume right)",
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        "raw",
+        pytest.param(
+            "jpeg",
+            marks=pytest.mark.xfail(
+                reason="headless Chromium's virtual time often takes the screenshot before the "
+                "viewer's jpeg decoder has drawn (seen drawn in colour, 1 run in 2, by hand)"
+            ),
+        ),
+    ],
 )
-def test_an_rgb_stack_shows_in_colour(tmp_path):
+def test_an_rgb_stack_shows_in_colour(tmp_path, encoding):
     _need_browser()
     rgb = rgb_blocks()
     write_planes(tmp_path / "rgb", rgb, photometric="rgb")
@@ -131,7 +141,9 @@ def test_an_rgb_stack_shows_in_colour(tmp_path):
     with RunningServer("-d", str(dest), "--viewer", log="WARNING") as srv:
         link = srv.viewer_line.split("Viewer: ", 1)[1].strip()
         found = None
-        for image in _screenshots(_view(link, (nx, ny, nz), nz // 2), tmp_path / "shots"):
+        for image in _screenshots(
+            _view(link, (nx, ny, nz), nz // 2, plain=False), tmp_path / "shots"
+        ):
             box = _outline(image)
             if box is None:
                 continue
