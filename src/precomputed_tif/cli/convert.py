@@ -217,6 +217,11 @@ def _shape_source(shape: tuple[int, int, int], dtype: str) -> Any:
     return ShapeSource(shape, np.dtype(dtype).name)
 
 
+def _lent(dask: Any) -> Any:
+    """The Dask executor for one volume's run, the cluster staying up for the next channel."""
+    return contextlib.nullcontext(dask.__enter__())
+
+
 def _with_channels(pyramid: Any, channels: int, args: argparse.Namespace) -> Any:
     """`pyramid` holding `channels` values per voxel (a ``c`` axis, or ``num_channels``)."""
     from ..errors import PlanError
@@ -485,7 +490,7 @@ def _summary(
     from ..locations import is_remote
 
     x, y, z = source.size
-    read = x * y * z * source.dtype.itemsize
+    read = x * y * z * source.dtype.itemsize * source.num_channels
     lines = [
         f"done in {seconds:.1f} s: {read / 1e6:.1f} MB of {source.dtype.name} voxels, "
         f"{read / 1e6 / max(seconds, 1e-6):.1f} MB/s"
@@ -493,7 +498,9 @@ def _summary(
     if not is_remote(dest):
         total_bytes = total_files = 0
         for level in range(1, pyramid.n_levels + 1):
-            n_bytes, n_files = _folder_usage(os.path.join(dest, pyramid.scale(level).key))
+            # OME-Zarr names its levels 0, 1, ...; the other layouts by their scale keys
+            folder = str(level - 1) if args.format == "ngff" else pyramid.scale(level).key
+            n_bytes, n_files = _folder_usage(os.path.join(dest, folder))
             total_bytes += n_bytes
             total_files += n_files
             sx, sy, sz = pyramid.scale(level).size
@@ -669,7 +676,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             names = [c.name for c in channels] if channels and len(channels) > 1 else []
             return one(source, args.dest, names, summary=True)
         finally:
-            if dask is not None and args.dry_run:
+            if dask is not None:  # after every channel: one cluster serves them all
                 dask.__exit__(None, None, None)
 
     def one(source: Any, dest_arg: str, channel_names: list[str], *, summary: bool) -> int:
@@ -752,7 +759,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
                 print(line)
             return 0
         if in_process:
-            pool = dask if dask is not None else process_pool(budget.n_workers)
+            pool = _lent(dask) if dask is not None else process_pool(budget.n_workers)
             with pool as executor:
                 stage_runs = iter_convert(
                     source,
@@ -774,7 +781,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
         previous_handler = _interrupt_once()
         interrupted = False
         try:
-            pool = dask if dask is not None else process_pool(budget.n_workers)
+            pool = _lent(dask) if dask is not None else process_pool(budget.n_workers)
             with bars.showing(), pool as executor:
                 convert(
                     source,
