@@ -343,3 +343,54 @@ def test_channels_that_differ_are_refused_and_nothing_is_written(tmp_path, bad, 
         refused = run(*sources(globs), *extra, "--dest", str(dest), "--format", format_name)
         assert_one_line_error(refused, fragment)
         assert not dest.exists()
+
+
+def test_the_served_link_shows_each_channel_in_its_colour_and_contrast(tmp_path):
+    import urllib.parse
+
+    from servekit import RunningServer
+
+    stacks = channel_stacks(seed=13)
+    dest = tmp_path / "out"
+    done = run(*sources(write_channels(tmp_path, stacks)), "--dest", str(dest), "--log", "WARNING")
+    assert done.returncode == 0, done.stderr
+    listed = json.loads((dest / "sources.json").read_text())
+    with RunningServer("--config", str(dest / "sources.json"), "--viewer", log="WARNING") as srv:
+        link = srv.viewer_line.split("Viewer: ", 1)[1].strip()
+        status, _, _ = srv.get("/561/info")
+    assert status == 200
+    state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
+    layers = state["layers"]
+    assert [layer["name"] for layer in layers] == list(NAMES)
+    for c, (layer, entry) in enumerate(zip(layers, listed)):
+        assert layer["source"] == f"precomputed://{srv.url}/{NAMES[c]}"
+        assert layer["blend"] == "additive"
+        assert f'default="#{entry["color"].lower()}"' in layer["shader"]
+        low, high = layer["shaderControls"]["normalized"]["range"]
+        assert low < 300 and high > 2000 + 1000 * c  # each channel's own bright end
+
+
+def test_a_bad_colour_in_sources_json_is_refused(tmp_path):
+    from precomputed_tif.serve.config import ConfigError, load_sources
+
+    stacks = channel_stacks(seed=14)
+    write_planes(tmp_path / "vol", stacks[0])
+    dest = tmp_path / "one"
+    assert run("--source", str(tmp_path / "vol"), "--dest", str(dest)).returncode == 0
+    config = tmp_path / "sources.json"
+    config.write_text(json.dumps([{"name": "a", "directory": "one", "color": "red"}]))
+    with pytest.raises(ConfigError, match="expected RRGGBB"):
+        load_sources(str(config))
+
+
+def test_memory_planning_counts_every_channel():
+    import dataclasses
+
+    from precomputed_tif import plan_pyramid
+    from precomputed_tif.plan import task_bytes
+
+    one = plan_pyramid((512, 512, 64), "uint16", voxel_size_nm=(1000, 1000, 1000))
+    three = dataclasses.replace(one, num_channels=3)
+    for first in (1, 2):
+        region = (256, 256, 64)
+        assert task_bytes(three, first, region, 0) == 3 * task_bytes(one, first, region, 0)
