@@ -394,3 +394,37 @@ def test_memory_planning_counts_every_channel():
     for first in (1, 2):
         region = (256, 256, 64)
         assert task_bytes(three, first, region, 0) == 3 * task_bytes(one, first, region, 0)
+
+
+@pytest.mark.parametrize("format_name", ["ngff", "zarr"])
+def test_a_run_of_channels_killed_mid_way_resumes_to_the_same_bytes(tmp_path, format_name):
+    """A real SIGKILL: ngff mid-way through its one run of all channels; zarr during the second
+    channel's volume. The killed run must not look finished; --resume gives the same bytes."""
+    import signal
+    import time
+
+    stacks = channel_stacks((32, 64, 64), seed=15)
+    globs = write_channels(tmp_path, stacks)
+    args = [*sources(globs), "--format", format_name, "--chunk-size", "16,16,16"]
+    args += ["--task-memory", "400K", "--n-cores", "1", "--log", "WARNING"]
+    whole = tmp_path / "whole" / "vol"
+    assert run(*args, "--dest", str(whole)).returncode == 0
+    dest = tmp_path / "killed" / "vol"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "precomputed_tif.cli.convert", *args, "--dest", str(dest)]
+    )
+    inner = dest if format_name == "ngff" else dest / NAMES[1]
+    done_log = inner / ".precomputed-tif" / "done-1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if done_log.exists() and done_log.stat().st_size > 6:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if process.returncode == -signal.SIGKILL:
+        finished = dest / (".zattrs" if format_name == "ngff" else "sources.json")
+        assert not finished.exists(), "a killed run must not look complete"
+    resumed = run(*args, "--dest", str(dest), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _tree(whole) == _tree(dest)
