@@ -276,8 +276,10 @@ def volume_size(folder: Path | None) -> str:
     return f", {files} files, {nbytes / 2**20:.0f} MiB in {folder}"
 
 
-def convert(ours_cmd: list[str], pattern: str, fmt: str, levels: int, dest: Path) -> str:
-    argv = [*ours_cmd, "--source", pattern, "--dest", str(dest), "--format", fmt]
+def convert(
+    ours_cmd: list[str], pattern: str, fmt: str, levels: int, dest: Path, *more: str
+) -> str:
+    argv = [*ours_cmd, "--source", pattern, "--dest", str(dest), "--format", fmt, *more]
     result = run_measured([*argv, "--levels", str(levels), "--log", "WARNING"], timeout_s=3600)
     if result.ok:
         return ""
@@ -364,9 +366,16 @@ def _ms(text: str) -> float:
     return round(float(m.group(1)) * _UNITS[m.group(2)], 2)
 
 
-def run_wrk(wrk: str, base: str, paths: Path, concurrency: int, duration: float) -> dict[str, Any]:
+def run_wrk(
+    wrk: str,
+    base: str,
+    paths: Path,
+    concurrency: int,
+    duration: float,
+    script: Path = HERE / "chunks.lua",
+) -> dict[str, Any]:
     argv = [wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency"]
-    argv += ["-s", str(HERE / "chunks.lua"), base, "--", str(paths)]
+    argv += ["-s", str(script), base, "--", str(paths)]
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
     except subprocess.TimeoutExpired:
@@ -518,10 +527,23 @@ def main() -> None:
     ap.add_argument("--nginx", default=None, help="nginx executable (default: on PATH)")
     ap.add_argument("--gzip-samples", type=int, default=200, help="chunks for the gzip figures")
     ap.add_argument("--seed", type=int, default=0, help="URL shuffle and gzip sample seed")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="interleaved mode: every serving path (raw, shard ranges, decoded warm and cold, "
+        "gunicorn, Apache mod_wsgi) against nginx, wrk only, N rounds (see _serve_matrix.py)",
+    )
     a = ap.parse_args()
+    if a.rounds and a.wrk_concurrency == "8":
+        a.wrk_concurrency = "8,64"
 
     only = [r.strip() for r in a.only.split(",") if r.strip()] if a.only else list(ROWS)
     unknown = set(only) - set(ROWS)
+    if a.rounds:
+        from _serve_matrix import matrix_rows
+
+        unknown = set(only) - set(ROWS) - {r.name for r in matrix_rows(None)}
     if unknown:
         raise SystemExit(f"unknown rows: {sorted(unknown)}; rows are {', '.join(ROWS)}")
     concurrencies = [int(c) for c in a.concurrency.split(",") if c.strip()]
@@ -593,6 +615,8 @@ def run(
     # blockfs is always made: the raw copy (the reference for the content check and the gzip
     # figures) is read from it
     need = {r.partition("-")[2] or "raw" for r in only} | {"blockfs"}
+    if a.rounds:
+        need = set(CONVERTED)
     for fmt in CONVERTED:
         if fmt not in need:
             continue
@@ -619,6 +643,24 @@ def run(
     raw = folders["raw"]
     if raw is not None and nginx and os.geteuid() == 0:
         make_world_readable_path(raw)
+    if a.rounds and ours_cmd is not None:  # shards of raw chunks: what byte ranges are read from
+        key = cache_key(stack, size, levels, " ".join(ours_cmd) + " sharded raw")
+        folders["shard"], notes["shard"] = ensure_volume(
+            workdir,
+            "shard",
+            key,
+            lambda dest: convert(
+                ours_cmd,
+                pattern,
+                "precomputed",
+                levels,
+                dest,
+                "--sharded",
+                "--shard-data-encoding",
+                "raw",
+            ),
+        )
+        print(f"volume shard: {notes['shard']}{volume_size(folders['shard'])}", flush=True)
 
     # --- the URL list
     any_volume = next((f for f in folders.values() if f is not None), None)
@@ -633,6 +675,34 @@ def run(
     )
     items = read_urls(urls)
     print(f"{len(items)} chunk URLs (every chunk of every level, shuffled)", flush=True)
+
+    if a.rounds:
+        if not wrk:
+            raise SystemExit("--rounds needs wrk (apt-get install wrk)")
+        from _serve_matrix import run_matrix
+
+        scratch = Path(tempfile.mkdtemp(prefix="bench_serve_run_"))
+        scratch.chmod(0o755)
+        try:
+            matrix = run_matrix(
+                a, folders, items, wrk, servers, scratch, nginx, ours_server, run_wrk
+            )
+        finally:
+            servers.stop_all()
+            shutil.rmtree(scratch, ignore_errors=True)
+        summary = {
+            "benchmark": "serve-rounds",
+            "size_xyz": list(size),
+            "levels": levels,
+            "chunk_urls": len(items),
+            "rounds": a.rounds,
+            "duration_s": a.duration,
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+            "cpus": os.cpu_count(),
+            "rows": matrix,
+        }
+        print(json.dumps(summary))
+        return
 
     # --- rows
     rows: list[Row] = []

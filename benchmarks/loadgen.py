@@ -16,6 +16,7 @@ latency p50/p90/p99/max in ms.
 
 usage: loadgen.py BASE_URL URLS.txt --concurrency 8 --duration 15
 """
+
 import argparse
 import asyncio
 import json
@@ -60,8 +61,9 @@ async def main():
             state["next"] += 1
             t0 = time.monotonic()
             try:
-                async with session.get(a.base.rstrip("/") + path,
-                                       headers={"Origin": "http://localhost:8080"}) as r:
+                async with session.get(
+                    a.base.rstrip("/") + path, headers={"Origin": "http://localhost:8080"}
+                ) as r:
                     body = await r.read()
                     dt = time.monotonic() - t0
                     if r.status != 200:
@@ -80,8 +82,7 @@ async def main():
                 errs[k] = errs.get(k, 0) + 1
 
     t0 = time.monotonic()
-    async with aiohttp.ClientSession(connector=conn, timeout=timeout,
-                                     auto_decompress=False) as s:
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout, auto_decompress=False) as s:
         await asyncio.gather(*[worker(s, i) for i in range(a.concurrency)])
     el = time.monotonic() - t0
     lat.sort()
@@ -89,13 +90,24 @@ async def main():
     def pct(p):
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 2) if lat else None
 
-    print(json.dumps(dict(label=a.label, concurrency=a.concurrency,
-                          elapsed_s=round(el, 2), ok=len(lat), errors=errs,
-                          no_cors_header=no_cors,
-                          req_per_s=round(len(lat) / el, 1),
-                          MB_per_s=round(nbytes / el / 1e6, 1),
-                          p50_ms=pct(0.50), p90_ms=pct(0.90), p99_ms=pct(0.99),
-                          max_ms=pct(1.0))))
+    print(
+        json.dumps(
+            dict(
+                label=a.label,
+                concurrency=a.concurrency,
+                elapsed_s=round(el, 2),
+                ok=len(lat),
+                errors=errs,
+                no_cors_header=no_cors,
+                req_per_s=round(len(lat) / el, 1),
+                MB_per_s=round(nbytes / el / 1e6, 1),
+                p50_ms=pct(0.50),
+                p90_ms=pct(0.90),
+                p99_ms=pct(0.99),
+                max_ms=pct(1.0),
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Deterministic for a given --seed.
 
 usage: make_stack.py OUTDIR --x 1024 --y 1024 --z 256 [--cells-per-mvox 150]
 """
+
 import argparse
 import os
 import time
@@ -29,7 +30,7 @@ import tifffile
 def stamp(sxy, sz):
     r_xy = int(np.ceil(3 * sxy))
     r_z = int(np.ceil(3 * sz))
-    zz, yy, xx = np.mgrid[-r_z:r_z + 1, -r_xy:r_xy + 1, -r_xy:r_xy + 1]
+    zz, yy, xx = np.mgrid[-r_z : r_z + 1, -r_xy : r_xy + 1, -r_xy : r_xy + 1]
     g = np.exp(-0.5 * ((xx / sxy) ** 2 + (yy / sxy) ** 2 + (zz / sz) ** 2))
     return g.astype(np.float32), r_z, r_xy
 
@@ -40,8 +41,9 @@ def main():
     ap.add_argument("--x", type=int, default=1024)
     ap.add_argument("--y", type=int, default=1024)
     ap.add_argument("--z", type=int, default=256)
-    ap.add_argument("--cells-per-mvox", type=float, default=400.0,
-                    help="cells per 1e6 voxels of tissue")
+    ap.add_argument(
+        "--cells-per-mvox", type=float, default=400.0, help="cells per 1e6 voxels of tissue"
+    )
     ap.add_argument("--slab", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1234)
     a = ap.parse_args()
@@ -60,7 +62,7 @@ def main():
     need = n_cells
     while need > 0:
         p = rng.uniform(-1, 1, size=(need * 2, 3))
-        p = p[(p ** 2).sum(1) < 0.95]
+        p = p[(p**2).sum(1) < 0.95]
         pts.append(p[:need])
         need -= len(p[:need])
     p = np.concatenate(pts)
@@ -78,9 +80,10 @@ def main():
     # smooth background in-plane terms (computed once), z terms per plane
     yy = (np.arange(Y, dtype=np.float32)[:, None] - cy) / ay
     xx = (np.arange(X, dtype=np.float32)[None, :] - cx) / ax
-    r2_yx = yy ** 2 + xx ** 2
-    bg_yx = (np.sin(2.1 * xx + 0.3) * np.cos(1.7 * yy - 0.5) * 0.5 + 0.5
-             + 0.25 * np.sin(5.3 * (xx + yy)))
+    r2_yx = yy**2 + xx**2
+    bg_yx = (
+        np.sin(2.1 * xx + 0.3) * np.cos(1.7 * yy - 0.5) * 0.5 + 0.5 + 0.25 * np.sin(5.3 * (xx + yy))
+    )
 
     t0 = time.time()
     total_bytes = 0
@@ -99,23 +102,29 @@ def main():
             sx0, sx1 = max(gx0, 0), min(gx1, X)
             if sz0 >= sz1 or sy0 >= sy1 or sx0 >= sx1:
                 continue
-            sig[sz0 - z0:sz1 - z0, sy0:sy1, sx0:sx1] += amp[i] * st[
-                sz0 - gz0:sz1 - gz0, sy0 - gy0:sy1 - gy0, sx0 - gx0:sx1 - gx0]
+            sig[sz0 - z0 : sz1 - z0, sy0:sy1, sx0:sx1] += (
+                amp[i] * st[sz0 - gz0 : sz1 - gz0, sy0 - gy0 : sy1 - gy0, sx0 - gx0 : sx1 - gx0]
+            )
         for z in range(z0, z1):
             zn = (z - cz) / az
             r2 = r2_yx + zn * zn
             inside = np.clip((1.0 - r2) * 8.0, 0.0, 1.0)  # soft tissue edge
             bg = inside * (150.0 + 300.0 * bg_yx * (0.8 + 0.2 * np.cos(3.0 * zn)))
             s = sig[z - z0] + bg
-            noisy = rng.poisson(s).astype(np.float32) + 100.0 \
+            noisy = (
+                rng.poisson(s).astype(np.float32)
+                + 100.0
                 + rng.normal(0, 2.0, size=s.shape).astype(np.float32)
+            )
             plane = np.clip(noisy, 0, 65535).astype(np.uint16)
             path = os.path.join(a.outdir, "img_%04d.tif" % z)  # noqa: UP031
             tifffile.imwrite(path, plane)
             total_bytes += os.path.getsize(path)
     dt = time.time() - t0
-    print(f"wrote {Z} planes {Y}x{X} uint16, {n_cells} cells, "
-          f"{total_bytes / 2**20:.1f} MiB in {dt:.1f}s -> {a.outdir}")
+    print(
+        f"wrote {Z} planes {Y}x{X} uint16, {n_cells} cells, "
+        f"{total_bytes / 2**20:.1f} MiB in {dt:.1f}s -> {a.outdir}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ for wrk's chunks.lua).
 
 usage: make_urls.py VOLUME_DIR OUT.txt [--seed 0]
 """
+
 import argparse
 import itertools
 import json
@@ -30,8 +31,8 @@ for s in info["scales"]:
     ox, oy, oz = s.get("voxel_offset", [0, 0, 0])
     for x0, y0, z0 in itertools.product(range(0, X, cx), range(0, Y, cy), range(0, Z, cz)):
         x1, y1, z1 = min(x0 + cx, X), min(y0 + cy, Y), min(z0 + cz, Z)
-        name = f"{x0+ox}-{x1+ox}_{y0+oy}-{y1+oy}_{z0+oz}-{z1+oz}"
-        lines.append(f"/{s['key']}/{name}\t{(x1-x0)*(y1-y0)*(z1-z0)*item}")
+        name = f"{x0 + ox}-{x1 + ox}_{y0 + oy}-{y1 + oy}_{z0 + oz}-{z1 + oz}"
+        lines.append(f"/{s['key']}/{name}\t{(x1 - x0) * (y1 - y0) * (z1 - z0) * item}")
 random.Random(a.seed).shuffle(lines)
 with open(a.out, "w") as f:
     f.write("\n".join(lines) + "\n")

@@ -470,7 +470,7 @@ def test_server_serves_the_ome_zarr_files_with_ranges(served_pair):
 def test_read_over_http_as_ome_zarr_and_as_precomputed(served_pair, name):
     """Our server as a plain file server (zarr files, ranges) and as a precomputed source."""
     from precomputed_tif.client import ArrayReader
-    from test_serve_cli import RunningServer
+    from servekit import RunningServer
 
     stack, dests = served_pair
     server = RunningServer("-d", dests[name], log="WARNING")

@@ -96,7 +96,9 @@ def _best_correlation(link: str, stack: np.ndarray, window, z: int, folder) -> f
     low, high = window
     expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
     best = 0.0
-    for image in _screenshots(_xy_view(link, z), folder):
+    # five tries: on a loaded machine the viewer sometimes has not drawn the chunks it fetched
+    # when the virtual time runs out (a grey panel), which is the browser's, not the data's
+    for image in _screenshots(_xy_view(link, z), folder, attempts=5):
         seen = _volume_in_screenshot(image, stack.shape[1:])
         if seen is None or seen.std() < 5:
             continue  # no outline, or a uniform (black or grey) panel

@@ -383,3 +383,57 @@ def test_zarr_stack_from_an_array(tmp_path, stack_and_planes, converter_output):
     for level in (2, 3):
         made.write_level_n(level, silent=True, n_cores=1)
     assert_same_files(dest, converter_output["zarr"])
+
+
+def test_ngff_stack_writes_what_the_converter_writes(tmp_path, stack_and_planes):
+    from precomputed_tif.ngff_stack import NGFFStack
+
+    stack, planes, _ = stack_and_planes
+    converter = str(tmp_path / "converter" / "brain.ome.zarr")  # the name is in the metadata
+    convert_stack(planes, converter, "ngff", chunk=(CHUNK,) * 3, levels=3)
+    dest = str(tmp_path / "stack" / "brain.ome.zarr")
+    made = NGFFStack(planes, dest, chunk_size=(CHUNK,) * 3)
+    made.create()
+    made.write_info_file(3, (1800, 1800, 2000))
+    made.write_level_1(silent=True, n_cores=1)
+    for level in (2, 3):
+        made.write_level_n(level, silent=True, n_cores=1)
+    assert_same_files(dest, converter)
+    assert not os.path.exists(os.path.join(dest, ".precomputed-tif"))
+
+
+def test_ngff_stack_level_1_written_by_the_caller(tmp_path, stack_and_planes):
+    """spimstitch's pattern: blocks assigned to ``create_dataset(1)[0, 0, z, y, x]``, then the
+    pyramid; read back by the original's client calls and by zarr-python."""
+    from precomputed_tif.client import get_ngff_info, read_chunk
+    from precomputed_tif.ngff_stack import NGFFStack
+
+    stack, _, _ = stack_and_planes
+    dest = tmp_path / "stitched.ome.zarr"
+    made = NGFFStack(stack.shape, str(dest), chunk_size=(CHUNK,) * 3, dtype="uint16")
+    made.create()
+    made.write_info_file(3, (1800, 1800, 2000))
+    dataset = made.create_dataset(1)
+    assert dataset.shape == (1, 1, *stack.shape) and dataset.chunks == (1, 1, 16, 16, 16)
+    starts = list(itertools.product(range(0, 40, CHUNK), range(0, 50, CHUNK), range(0, 70, CHUNK)))
+    np.random.default_rng(3).shuffle(starts)
+    for z, y, x in starts:
+        dataset[0, 0, z : z + CHUNK, y : y + CHUNK, x : x + CHUNK] = stack[
+            z : z + CHUNK, y : y + CHUNK, x : x + CHUNK
+        ]
+    with pytest.raises(OSError, match="whole chunks"):
+        dataset[0, 0, 0:8, 0:16, 0:16] = stack[0:8, 0:16, 0:16]
+    for level in (2, 3):
+        made.write_level_n(level, silent=True, n_cores=1)
+    uri = dest.as_uri()
+    pyramid = reference_pyramid(stack, 3)
+    assert [s.key for s in get_ngff_info(uri).scales] == ["1_1_1", "2_2_2", "4_4_4"]
+    for level, expected in enumerate(pyramid, start=1):
+        factor = 2 ** (level - 1)
+        reader = ArrayReader(uri, format="ngff", level=factor)
+        np.testing.assert_array_equal(reader[:, :, :], expected)
+        box = read_chunk(uri, 3, 17, 2, 12, 1, 9, level=factor, format="ngff")
+        np.testing.assert_array_equal(box, expected[1:9, 2:12, 3:17])
+        np.testing.assert_array_equal(made.get_dataset(level)[0, 0, :, :, :][0, 0], expected)
+    zarr = pytest.importorskip("zarr")
+    np.testing.assert_array_equal(zarr.open_group(str(dest), mode="r")["0"][0, 0], stack)

@@ -5,9 +5,12 @@ the same files, and property tests of the header parsers.
 from __future__ import annotations
 
 import email.utils
+import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -20,7 +23,16 @@ from conftest import random_stack
 from precomputed_tif.serve.app import PrecomputedApp
 from precomputed_tif.serve.config import resolve_source
 from precomputed_tif.serve.http import HttpError, parse_http_date, parse_ranges
-from servekit import RunningServer, call, http_get, make_volume, plain_nginx, readable_folder
+from servekit import (
+    RunningServer,
+    call,
+    free_port,
+    http_get,
+    make_volume,
+    plain_nginx,
+    readable_folder,
+    wait_for_http,
+)
 
 SIZE = 10_000
 SHARD = "1_1_1/0.shard"
@@ -321,3 +333,65 @@ def test_date_parser_never_fails_on_any_text(value):
 @given(seconds=st.integers(0, 253402300799))
 def test_date_parser_reads_every_http_date(seconds):
     assert parse_http_date(email.utils.formatdate(seconds, usegmt=True)) == seconds
+
+
+def test_a_plain_pep_3333_file_wrapper_never_sends_past_a_range(files):
+    """wsgiref's wrapper sends the file to its end: ranges are then read and sent by the app."""
+    import wsgiref.util
+
+    app = PrecomputedApp(single=resolve_source("", str(files), "raw"))
+    whole = (files / SHARD).read_bytes()
+    environ: dict = {"PATH_INFO": "/" + SHARD}
+    wsgiref.util.setup_testing_defaults(environ)
+    environ["wsgi.file_wrapper"] = wsgiref.util.FileWrapper
+    for start, end in [(100, 199), (0, 99)]:
+        environ["HTTP_RANGE"] = f"bytes={start}-{end}"
+        body = app(environ, lambda status, headers, exc_info=None: None)
+        assert b"".join(body) == whole[start : end + 1]
+    environ.pop("HTTP_RANGE")
+    reply = app(environ, lambda status, headers, exc_info=None: None)
+    assert isinstance(reply, wsgiref.util.FileWrapper)  # a whole file: the wrapper
+    assert b"".join(reply) == whole
+    reply.close()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="gunicorn runs on POSIX only")
+def test_ranges_under_gunicorn_come_from_the_open_file(files, tmp_path):
+    """gunicorn sends a file wrapper with sendfile(2) from the file's position for
+    Content-Length bytes: every range of a shard, single or several, is exactly its bytes."""
+    gunicorn_wsgi = pytest.importorskip("gunicorn.http.wsgi")
+    app = PrecomputedApp(single=resolve_source("", str(files), "raw"))
+    environ: dict = {"PATH_INFO": "/" + SHARD, "HTTP_RANGE": "bytes=4096-8191"}
+    environ["wsgi.file_wrapper"] = gunicorn_wsgi.FileWrapper
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    assert isinstance(body, gunicorn_wsgi.FileWrapper)  # what gunicorn hands to sendfile(2)
+    assert body.filelike.tell() == 4096
+    body.close()
+    config = tmp_path / "sources.json"
+    config.write_text(json.dumps([{"name": "raw", "directory": str(files), "format": "raw"}]))
+    port = free_port()
+    app = f'precomputed_tif.wsgi_webserver:make_app("{config}")'
+    argv = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "4"]
+    process = subprocess.Popen(
+        [*argv, "-b", f"127.0.0.1:{port}", app],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HOME": str(tmp_path)},  # gunicorn >= 24 puts a control socket there
+    )
+    try:
+        wait_for_http(port, "/raw/info")
+        whole = (files / SHARD).read_bytes()
+        for start, end in [(0, 99), (4096, 8191), (9000, 9999), (1, 1)]:
+            reply = http_get(port, "/raw/" + SHARD, headers={"Range": f"bytes={start}-{end}"})
+            assert reply.status == 206
+            assert reply.headers["content-range"] == f"bytes {start}-{end}/{SIZE}"
+            assert reply.body == whole[start : end + 1]
+        reply = http_get(port, "/raw/" + SHARD, headers={"Range": "bytes=10-19,-5"})
+        assert _multipart(reply) == [
+            (f"bytes 10-19/{SIZE}", whole[10:20]),
+            (f"bytes {SIZE - 5}-{SIZE - 1}/{SIZE}", whole[-5:]),
+        ]
+        assert http_get(port, "/raw/" + SHARD).body == whole
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

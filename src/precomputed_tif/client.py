@@ -112,14 +112,23 @@ class Info:
 def get_info(url: str) -> Info:
     """The ``info`` of the volume at `url` (folder, ``file://`` or ``http(s)://``), cached.
 
-    A ``precomputed://`` prefix is accepted. The answer is kept until `clear_cache`.
+    A ``precomputed://`` prefix is accepted. The answer is kept until `clear_cache`. An
+    OME-Zarr image without an ``info`` file gets `get_ngff_info`'s.
     """
     base = _base_url(url)
     with _lock:
         cached = _infos.get(base)
     if cached is not None:
         return cached
-    info = Info(read_info(base))
+    try:
+        info = Info(read_info(base))
+    except StoreError:
+        from .locations import open_location
+        from .stores.ngff import is_ngff
+
+        if not is_ngff(open_location(base)):
+            raise
+        info = get_ngff_info(base)  # an OME-Zarr image, as ours are: no info file
     with _lock:
         _infos[base] = info
     return info
@@ -141,17 +150,17 @@ def clear_cache(url: str | None = None) -> None:
 def get_ngff_info(url: str) -> Info:
     """An ``info`` for an OME-Zarr (NGFF) image: one scale per multiscale dataset, keyed
     ``2**i`` for dataset ``i`` as in the original, with the arrays' real data type (the
-    original always said ``uint16``) and the voxel sizes the metadata gives."""
+    original always said ``uint16``) and the voxel size of the metadata."""
     from .stores import open_store
 
-    base = _base_url(url)
+    key = "ngff:" + _base_url(url)
     with _lock:
-        cached = _infos.get("ngff:" + base)
+        cached = _infos.get(key)
     if cached is not None:
         return cached
-    info = Info(open_store(base, "ngff").pyramid.to_info())
+    info = Info(open_store(_base_url(url), "ngff").pyramid.to_info())
     with _lock:
-        _infos["ngff:" + base] = info
+        _infos[key] = info
     return info
 
 

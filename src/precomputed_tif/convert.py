@@ -1,10 +1,12 @@
 """The conversion driver: plan, submit tasks to an executor, record progress, finish levels.
 
-State lives in ``DEST/.precomputed-tif/``: ``run.json`` (what is being made, and the plan) and
-one ``done-<level>`` log per stage listing finished tasks. The ``info`` file is written last, so
-an interrupted run never looks like a volume; ``resume=True`` reruns only unfinished tasks with the
-recorded plan, and because every task rewrites the same bytes the result is identical to an
-uninterrupted run. The driver never touches voxels: it sends task records and receives counts.
+State lives in ``DEST/.precomputed-tif/``: ``run.json`` (what is being made, and the plan),
+``planes.json`` (each plane's stamp, to refuse a changed source by name), one ``done-<level>`` log
+per stage listing finished tasks and a ``done-<level>.complete`` marker once the stage is. The
+``info`` file is written last, so an interrupted run never looks like a volume; ``resume=True``
+reruns only unfinished tasks with the recorded plan, and because every task rewrites the same
+bytes the result is identical to an uninterrupted run. The driver never touches voxels: it sends
+task records and receives counts.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class DaskExecutor:
                 self.client = Client(self.cluster)
             else:
                 self.client = Client(scheduler)
-        except (OSError, RuntimeError, TimeoutError) as exc:  # a worker died, no scheduler
+        except Exception as exc:  # a worker died at start-up, no scheduler there, a timeout
             if self.cluster is not None:
                 with contextlib.suppress(Exception):
                     self.cluster.close()

@@ -184,30 +184,32 @@ def write_sharded(
     folder: str | WritableLocation,
     spec: ShardingSpec,
     keys: np.ndarray,
-    blobs: Sequence[bytes] | np.ndarray,
+    blobs: Sequence[bytes | np.ndarray] | np.ndarray,
     *,
     encoded: bool = False,
 ) -> int:
     """Write `blobs[i]` under `keys[i]` as shard files in `folder`; returns the number of files.
 
-    `blobs` is a list of bytes, or a 2D uint8 array of fixed-size rows (written without copying
-    each row into its own object, for millions of small blobs). With `encoded`, the blobs are
-    already in the spec's data encoding (callers that compress as they go save memory).
+    `blobs` is a list of bytes or arrays (an array stands for its C-order bytes and is copied
+    once, straight into the shard: a raw chunk can be a view of the task's region), or a 2D
+    uint8 array of fixed-size rows (written without copying each row into its own object, for
+    millions of small blobs). With `encoded`, the blobs are already in the spec's data encoding
+    (callers that compress as they go save memory).
     """
     if isinstance(folder, str):
         os.makedirs(folder, exist_ok=True)
         folder = LocalLocation(folder)
     keys = np.asarray(keys, np.uint64)
     rows: np.ndarray | None = None
-    items: list[bytes] = []
+    items: list[bytes | np.ndarray] = []
     if isinstance(blobs, np.ndarray) and spec.data_encoding != "gzip":
         rows = blobs
         sizes = np.full(len(keys), blobs.shape[1], np.uint64)
     else:
-        items = [row.tobytes() if isinstance(row, np.ndarray) else bytes(row) for row in blobs]
+        items = [row if isinstance(row, np.ndarray) else bytes(row) for row in blobs]
         if spec.data_encoding == "gzip" and not encoded:
-            items = [encode_blob(b) for b in items]
-        sizes = np.array([len(b) for b in items], np.uint64)
+            items = [encode_blob(_bytes(b)) for b in items]
+        sizes = np.array([_nbytes(b) for b in items], np.uint64)
     shard, minishard = spec.locate(keys)
     order = np.lexsort((keys, minishard, shard))
     boundaries = np.flatnonzero(np.diff(shard[order])) + 1
@@ -215,14 +217,20 @@ def write_sharded(
     for group in np.split(order, boundaries):
         if len(group) == 0:
             continue
-        if rows is not None:
-            parts = [np.ascontiguousarray(rows[group]).tobytes()]
-        else:
-            parts = [items[int(i)] for i in group]
+        # rows: one gather, straight into the shard
+        parts = [rows[group]] if rows is not None else [items[int(i)] for i in group]
         content = _shard_bytes(spec, keys[group], minishard[group], sizes[group], parts)
         folder.write(spec.shard_name(int(shard[group[0]])), content)
         files += 1
     return files
+
+
+def _nbytes(blob: bytes | np.ndarray) -> int:
+    return blob.nbytes if isinstance(blob, np.ndarray) else len(blob)
+
+
+def _bytes(blob: bytes | np.ndarray) -> bytes:
+    return blob.tobytes() if isinstance(blob, np.ndarray) else blob
 
 
 def encode_blob(blob: bytes) -> bytes:
@@ -235,11 +243,12 @@ def _shard_bytes(
     keys: np.ndarray,
     minishards: np.ndarray,
     sizes: np.ndarray,
-    parts: list[bytes],
-) -> bytes:
+    parts: Sequence[bytes | np.ndarray],
+) -> memoryview:
     """One shard file: index, the blobs `parts` (in minishard then key order), minishard tables.
 
-    Joined once: a shard is tens of MiB, and every extra concatenation is a copy of it.
+    Assembled in one buffer, each part copied into it once: a shard is tens of MiB, and every
+    intermediate copy of it is memory the task budget must hold.
     """
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
     index = np.zeros((1 << spec.minishard_bits, 2), "<u8")
@@ -261,7 +270,18 @@ def _shard_bytes(
         index[int(minishards[part[0]])] = (position, position + len(encoded))
         position += len(encoded)
         tables.append(encoded)
-    return b"".join([index.tobytes(), *parts, *tables])
+    pieces = [index.tobytes(), *parts, *tables]
+    out = bytearray(sum(_nbytes(p) for p in pieces))
+    position = 0
+    for piece in pieces:
+        size = _nbytes(piece)
+        if isinstance(piece, np.ndarray):
+            target = np.frombuffer(out, piece.dtype, piece.size, position)
+            target.reshape(piece.shape)[...] = piece
+        else:
+            out[position : position + size] = piece
+        position += size
+    return memoryview(out)
 
 
 def morton_bits(grid_shape: Sequence[int]) -> list[int]:

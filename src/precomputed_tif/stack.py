@@ -170,6 +170,7 @@ class StackBase:
         pyramid = self.pyramid(n_levels, voxel_size)
         self._store = create_store(self.FORMAT, os.path.abspath(self.dest), pyramid)
         self._store.write_info()
+        self._store.remove_empty_state()
 
     def _make(self, levels: range, n_cores: int, silent: bool, source: PlaneSource | None) -> None:
         from .cli._tqdm_loop import drive_with_tqdm

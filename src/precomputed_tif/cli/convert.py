@@ -768,6 +768,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
                     budget=budget,
                     resume=args.resume,
                     overwrite=args.overwrite,
+                    repair=args.repair,
                 )
                 # the caller's own logging set-up (if any) does not hide the bars; --log does
                 show = logging.getLevelName(args.log) <= logging.INFO
@@ -799,7 +800,10 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
                 print(f"serve and view it: {_serve_command(dest)}")
             return 0
         except KeyboardInterrupt:
-            interrupted = True  # later presses keep being absorbed while Python exits
+            # later presses are absorbed while Python exits: ignored, not handled, because
+            # Python's finalization restores the default for handled signals (killing us)
+            interrupted = True
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             again = [*command, "--resume"] if "--resume" not in command else command
             print(
                 "precomputed-tif: interrupted; the volume is incomplete. To finish it, run: "

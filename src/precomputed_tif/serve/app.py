@@ -282,13 +282,29 @@ class PrecomputedApp:
         if isinstance(body, Pieces):
             return _pieces(body)
         wrapper = environ.get("wsgi.file_wrapper")
-        if body.offset == 0 and wrapper is not None and body.location is None:
+        if wrapper is not None and body.location is None:
             try:
                 handle = open(body.path, "rb")
             except OSError:
                 return _file_blocks(body)
-            return wrapper(handle, 1 << 18)
+            if _bounded_by_length(wrapper) or (
+                body.offset == 0 and body.length == os.fstat(handle.fileno()).st_size
+            ):
+                # from the file's position for Content-Length bytes: sendfile(2) under
+                # gunicorn and mod_wsgi, also for a byte range of a shard
+                handle.seek(body.offset)
+                return wrapper(handle, 1 << 18)
+            handle.close()
         return _file_blocks(body)
+
+
+# file wrappers known to send Content-Length bytes from the file's position (PEP 3333 only
+# promises the whole file): waitress's, gunicorn's (sendfile with the offset) and mod_wsgi's
+_LENGTH_BOUNDED_WRAPPERS = ("waitress.", "gunicorn.", "mod_wsgi")
+
+
+def _bounded_by_length(wrapper: Any) -> bool:
+    return str(getattr(wrapper, "__module__", "")).startswith(_LENGTH_BOUNDED_WRAPPERS)
 
 
 def _path_parts(environ: dict[str, Any]) -> list[str]:

@@ -1,9 +1,11 @@
 """Running the WSGI app on waitress: multi-threaded, pure Python, on Linux, macOS and Windows.
 
-(Chosen by measurement against cheroot; see benchmarks/README.md.) The server binds, reports the
-port it got (port 0 picks a free one), and serves until interrupted. Idle connections and
-clients that send a request slower than `timeout` are closed (slow-loris), and at most
-`connection_limit` connections are open at once, as nginx's client_header_timeout and
+(Chosen by measurement against cheroot; gunicorn's threaded workers cost as much CPU per
+request, see benchmarks/README.md, and a few clients sending their request headers slowly hold
+all of their threads, which waitress's asynchronous reading and `timeout` prevent.) The server
+binds, reports the port it got (port 0 picks a free one), and serves until interrupted. Idle
+connections and clients that send a request slower than `timeout` are closed (slow-loris), and
+at most `connection_limit` connections are open at once, as nginx's client_header_timeout and
 worker_connections bound them.
 """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat as stat_module
 import threading
 import time
 from collections import OrderedDict
@@ -180,13 +181,17 @@ def serve_file(source: Source, parts: list[str], hidden: tuple[str, ...] = ()) -
     if is_remote(source.directory):
         return _remote_file(source, parts)
     path = _inside(source, os.path.join(source.directory, *parts))
-    if not os.path.exists(path) and not parts[-1].endswith(".gz"):
-        packed = _inside(source, path + ".gz")
-        if os.path.isfile(packed):
-            response = _static_file(packed, content_type=OCTETS)
-            response.headers["Content-Encoding"] = "gzip"
-            return response
-    return _static_file(path)
+    try:
+        return _static_file(path)
+    except HttpError:
+        if parts[-1].endswith(".gz") or os.path.lexists(path):
+            raise
+    packed = _inside(source, path + ".gz")
+    if not os.path.isfile(packed):
+        raise HttpError(404, "not found")
+    response = _static_file(packed, content_type=OCTETS)
+    response.headers["Content-Encoding"] = "gzip"
+    return response
 
 
 def _remote_file(source: Source, parts: list[str], content_type: str | None = None) -> Response:
@@ -240,7 +245,7 @@ def _static_file(path: str, content_type: str | None = None) -> Response:
         raise HttpError(404, "not found") from exc
     except OSError as exc:
         raise HttpError(404, "not readable") from exc
-    if not os.path.isfile(path):
+    if not stat_module.S_ISREG(stat.st_mode):
         raise HttpError(404, "not a file")
     if content_type is None:
         content_type = CONTENT_TYPES.get(os.path.splitext(path)[1].lower(), OCTETS)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..cache import ByteCache
+from ..compression import blosc_encode
 from ..errors import StoreError
 from ..locations import Location
 from .base import load_json
@@ -25,17 +26,12 @@ ZGROUP = ".zgroup"
 ZARR_JSON = "zarr.json"
 # what --format ngff writes. Level 1 with byte shuffle: on microscope chunks it compressed better
 # than ome-zarr-py's level 5 and six times faster (benchmarks/README.md, "ngff rows")
-BLOSC = {"id": "blosc", "cname": "zstd", "clevel": 1, "shuffle": 1, "blocksize": 0}
+CNAME, CLEVEL, SHUFFLE = "zstd", 1, 1
+BLOSC = {"id": "blosc", "cname": CNAME, "clevel": CLEVEL, "shuffle": SHUFFLE, "blocksize": 0}
 EMPTY = 2**64 - 1  # a shard index entry for an inner chunk that was never written
 INDEX_CACHE_BYTES = 64 * 2**20
 
 Index = tuple[int, ...]
-
-
-def blosc_codec() -> Any:
-    import numcodecs
-
-    return numcodecs.get_codec(BLOSC)
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -67,8 +63,8 @@ def v3_sharded_array_json(
     blosc = {
         "name": "blosc",
         "configuration": {
-            "cname": "zstd",
-            "clevel": BLOSC["clevel"],
+            "cname": CNAME,
+            "clevel": CLEVEL,
             "shuffle": "shuffle",
             "typesize": dtype.itemsize,
             "blocksize": 0,
@@ -102,9 +98,10 @@ def v3_sharded_array_json(
 
 
 def encode_chunk(data: np.ndarray) -> bytes:
-    """Blosc-zstd bytes of a whole chunk, little-endian C order (v2 chunks, v3 inner chunks)."""
+    """Blosc-zstd bytes of a whole chunk, little-endian C order (v2 chunks, v3 inner chunks),
+    compressed in the calling thread so a resumed run writes the same bytes."""
     little = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
-    return bytes(blosc_codec().encode(little))
+    return blosc_encode(little, CNAME, CLEVEL, SHUFFLE)
 
 
 def assemble_shard(inner_grid: Index, blobs: dict[Index, bytes]) -> bytes:

@@ -193,10 +193,16 @@ class _ShardWriter(TaskWriter):
         self.scale = store.pyramid.scale(level)
         self.spec = ShardingSpec.from_json(self.scale.sharding_json or {})
         self.cells: list[list[int]] = []
-        self.blobs: list[bytes] = []
+        self.blobs: list[bytes | np.ndarray] = []
+        # raw chunks in raw shards: kept as views of the task's region and copied once, into the
+        # shard (a shard is a block the task already holds: no second copy of it in memory)
+        self.as_views = self.scale.encoding == "raw" and self.spec.data_encoding == "raw"
 
     def write_chunk(self, box: Box, data: np.ndarray) -> None:
         self.cells.append([a // c for a, c in zip(box.start, self.scale.chunk_size)])
+        if self.as_views:
+            self.blobs.append(data.astype(data.dtype.newbyteorder("<"), copy=False))
+            return
         blob = self.precomputed.encode(self.level, data)
         self.blobs.append(encode_blob(blob) if self.spec.data_encoding == "gzip" else blob)
 

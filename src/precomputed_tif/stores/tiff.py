@@ -3,6 +3,7 @@
 Pages run along z, each page is (y, x) in one strip, as the original precomputed-tif writes them.
 Any deflate level reads the same: the strips are encoded by `compression` (ISA-L when installed,
 faster than zlib at its level 1; see benchmarks/bench_codecs.py) and handed to tifffile encoded.
+The server reads them back through `_tiff_pages`, which skips tifffile's per-file overhead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..compression import zlib_compress
 from ..errors import StoreError
 from ..geometry import Box
 from ..locations import file_stamp, write_atomically
+from ._tiff_pages import read_pages
 from .base import ChunkStore
 
 
@@ -48,6 +50,19 @@ class TiffStore(ChunkStore):
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
         return file_stamp(self.chunk_path(level, box))
+
+    def read_chunk_bytes(self, level: int, box: Box) -> bytes | None:
+        """Neuroglancer's raw bytes, inflated page by page into one buffer (`_tiff_pages`);
+        tifffile reads any file of another layout."""
+        dtype = self.pyramid.dtype.newbyteorder("<")
+        if self.pyramid.num_channels == 1:
+            try:
+                data = read_pages(self.chunk_path(level, box), box.numpy_shape, dtype)
+            except FileNotFoundError:
+                return None
+            if data is not None:
+                return data
+        return super().read_chunk_bytes(level, box)
 
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
         import tifffile
