@@ -56,7 +56,8 @@ def task_bytes(pyramid: Pyramid, stage_first: int, region: XYZ, read_overhead: i
     for r, s in zip(region, size):
         voxels *= min(r, s)
     read_factor = 1 if stage_first == 1 else 8  # level first-1 is read to make level first
-    return int(voxels * pyramid.dtype.itemsize * (read_factor + _HEADROOM)) + read_overhead
+    voxel_bytes = pyramid.dtype.itemsize * pyramid.num_channels
+    return int(voxels * voxel_bytes * (read_factor + _HEADROOM)) + read_overhead
 
 
 def _region_for(

@@ -91,7 +91,7 @@ class Pyramid:
     data_type: str
     scales: tuple[Scale, ...]
     volume_type: str = "image"
-    # the converter writes one channel; volumes other tools wrote may hold more
+    # values per voxel: several for an OME-Zarr c axis or an RGB precomputed volume
     num_channels: int = 1
 
     @property

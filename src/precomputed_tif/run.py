@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .downsample import downsample
 from .geometry import Box
 from .plan import Task
@@ -39,6 +41,14 @@ def exact_copy(store: ChunkStore) -> ChunkStore:
     return ZarrStore(f"{store.path.rstrip('/')}/{STATE_DIR}/{EXACT_DIR}", store.pyramid)
 
 
+def downsample_channels(data: np.ndarray, *, segmentation: bool) -> np.ndarray:
+    """`downsample` of (z, y, x) data, or of each channel of (z, y, x, c) data."""
+    if data.ndim == 3:
+        return downsample(data, segmentation=segmentation)
+    channels = [downsample(data[..., c], segmentation=segmentation) for c in range(data.shape[3])]
+    return np.stack(channels, axis=3)
+
+
 def run_task(task: Task) -> TaskResult:
     """Make every level of `task.stage` for `task.box`; returns the voxels written per level."""
     store = task.store
@@ -56,14 +66,14 @@ def run_task(task: Task) -> TaskResult:
     else:
         finer = pyramid.scale(stage.first - 1)
         exact = exact_copy(store) if needs_exact_copy(pyramid, stage.first - 1) else store
-        data = downsample(
+        data = downsample_channels(
             exact.read_region(stage.first - 1, box.scaled_up(2, finer.size)),
             segmentation=segmentation,
         )
     written = {}
     for level in stage.levels:
         if level != stage.first:
-            data = downsample(data, segmentation=segmentation)
+            data = downsample_channels(data, segmentation=segmentation)
             box = box.scaled_down(2, pyramid.scale(level).size)
         targets = [store]
         if level == stage.last and needs_exact_copy(pyramid, level):
