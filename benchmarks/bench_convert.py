@@ -76,7 +76,12 @@ FORMAT_FLAGS = {
     # ... and on a cluster already running (as on a lab's cluster): no start-up in the figure;
     # its 2 workers live in this benchmark's process tree, so the row's peak RSS is the client's
     "blockfs-dask-running": ["--format", "blockfs", "--dask-scheduler", "{scheduler}"],
+    # three channels (the stack given three times, as a, b, c): compared with the one-channel
+    # row of its format, the target being at most 3.3x (1.1x per channel)
+    "ngff-3ch": ["--format", "ngff", "--task-memory", "{ngff_task_memory}"],
+    "zarr-3ch": ["--format", "zarr"],
 }
+CHANNELS = 3
 ORIGINAL_FORMATS = ("tiff", "zarr", "blockfs")  # the original has no --format precomputed
 # the TensorStore row each row's "vs TS" compares with (default: tensorstore); TensorStore's
 # gzip shards take minutes (its gzip level is fixed and slow), so the sharded rows are compared
@@ -338,6 +343,8 @@ def peers_of(c: Contender, by_name: dict[str, Contender]) -> list[str]:
         peers.append("ours-precomputed")  # what sharding costs over one file per chunk
     if c.name.startswith("ours-auto-"):
         peers.append(c.name.replace("auto-", ""))  # what --factors auto costs over 2,2,2
+    if c.name.endswith("-3ch"):
+        peers.append(c.name.removesuffix("-3ch"))  # per channel: this ratio / CHANNELS
     return [p for p in peers if p in by_name and any(r.ok for r in by_name[p].runs)]
 
 
@@ -445,8 +452,13 @@ def main() -> None:
             continue
         out = outroot / name
         flags = [v.replace("{ngff_task_memory}", NGFF_TASK_MEMORY) for v in FORMAT_FLAGS[f]]
-        argv = [*ours_cmd, "--source", pattern, "--dest", str(out), *flags, *lv, *cores]
-        check = f.startswith(("precomputed", "ngff"))  # the same data as the peers': check them
+        sources = ["--source", pattern]
+        if f.endswith("-3ch"):
+            names = ",".join("abcdefgh"[:CHANNELS])
+            sources = [*sources * CHANNELS, "--channel-names", names]
+        argv = [*ours_cmd, *sources, "--dest", str(out), *flags, *lv, *cores]
+        # the same data as the peers': check them (a channel row holds other arrays)
+        check = f.startswith(("precomputed", "ngff")) and not f.endswith("-3ch")
         contenders.append(Contender(name, argv, out=out, fmt=f, check=check))
     if a.original:
         exe = Path(a.original) / "precomputed-tif"

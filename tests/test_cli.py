@@ -117,12 +117,13 @@ def test_shape_mismatch(tmp_path, small_stack):
     )
 
 
-def test_rgb(tmp_path):
+def test_rgb_planes_become_three_channel_volumes(tmp_path):
     for z in range(2):
         tifffile.imwrite(tmp_path / f"c_{z}.tif", np.zeros((5, 6, 3), np.uint8), photometric="rgb")
-    assert_one_line_error(
-        run_cli("--source", str(tmp_path / "*.tif"), "--dest", str(tmp_path / "o")), "RGB"
-    )
+    done = run_cli("--source", str(tmp_path / "*.tif"), "--dest", str(tmp_path / "o"))
+    assert done.returncode == 0, done.stderr
+    listed = json.loads((tmp_path / "o" / "sources.json").read_text())
+    assert [e["name"] for e in listed] == ["red", "green", "blue"]
 
 
 def test_memory_too_small(tmp_path, small_stack):

@@ -463,3 +463,24 @@ def test_volume_verify_with_the_planes_finds_chunks_that_decode_but_are_wrong(tm
     assert all("differ from what the planes make" in p.what for p in level_1)
     # and the level-2 chunks made from them no longer match what level 1 now holds
     assert {p.level for p in report.problems} == {1, 2}
+
+
+def test_a_pool_with_a_stuck_worker_still_shuts_down(monkeypatch):
+    """A worker SIGKILLed while holding the task queue's lock leaves its siblings blocked for
+    good; shutting the pool down must stop them rather than wait forever (a hang seen in the
+    randomized crash test). A task that never returns stands in for the blocked sibling."""
+    import threading
+
+    from precomputed_tif import executors
+
+    monkeypatch.setattr(executors, "SHUTDOWN_GRACE_SECONDS", 1.0)
+    pool = executors.process_pool(1)
+    pool.submit(time.sleep, 3600)
+    workers = list(pool._processes.values())
+    while not workers[0].is_alive():
+        time.sleep(0.01)
+    closing = threading.Thread(target=pool.shutdown)
+    closing.start()
+    closing.join(120)
+    assert not closing.is_alive(), "shutdown waited for a worker that never finishes"
+    assert not workers[0].is_alive()

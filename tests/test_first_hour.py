@@ -270,7 +270,7 @@ def test_a_fixed_plane_names_itself_and_the_command_that_works(tmp_path):
     plane = sorted(os.listdir(tmp_path / "planes"))[7]
     tifffile.imwrite(tmp_path / "planes" / plane, stack[7], compression="zlib")
     refused = run_cli(*common, "--resume")
-    assert_one_line_error(refused, plane, "changed since the run started", "--overwrite")
+    assert_one_line_error(refused, plane, "changed size", "--overwrite")
     assert "vs" not in refused.stderr  # no bare digests
     result = run_cli(*common, "--overwrite")
     assert result.returncode == 0, result.stderr

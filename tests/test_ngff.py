@@ -286,7 +286,7 @@ def test_flags_that_do_not_apply_say_so(tmp_path):
 
 # --- reading OME-Zarr written by others -----------------------------------------------------
 def test_reads_a_multichannel_image_zarr_python_wrote_with_other_chunks(tmp_path):
-    """czyx, 2 channels, chunks spanning both channels, "." keys, zlib: channel 0 is read."""
+    """czyx, 2 channels, chunks spanning both channels, "." keys, zlib: read as (z, y, x, c)."""
     import numcodecs
     import zarr
 
@@ -317,9 +317,12 @@ def test_reads_a_multichannel_image_zarr_python_wrote_with_other_chunks(tmp_path
     assert volume.format == "ngff"
     assert volume.pyramid.scale(1).resolution_nm == (100, 100, 300)
     assert [s.key for s in volume.pyramid.scales] == ["1_1_1", "2_2_2"]
+    assert volume.pyramid.num_channels == 2
     for k, level in enumerate(levels, start=1):
-        np.testing.assert_array_equal(volume[k][:, :, :], level[0])
-    np.testing.assert_array_equal(volume[1][3:9, 5:20, 2:30], data[0, 3:9, 5:20, 2:30])
+        np.testing.assert_array_equal(volume[k][:, :, :], np.moveaxis(level, 0, -1))
+    np.testing.assert_array_equal(
+        volume[1][3:9, 5:20, 2:30], np.moveaxis(data[:, 3:9, 5:20, 2:30], 0, -1)
+    )
 
 
 def test_reads_a_v3_sharded_image_zarr_python_wrote(tmp_path):

@@ -142,20 +142,24 @@ def test_dtype_mismatch(tmp_path):
         open_source(str(tmp_path / "*.tif"))
 
 
-def test_rgb_is_refused_not_guessed(tmp_path):
-    tifffile.imwrite(tmp_path / "rgb_0.tif", np.zeros((10, 12, 3), np.uint8), photometric="rgb")
-    tifffile.imwrite(tmp_path / "rgb_1.tif", np.zeros((10, 12, 3), np.uint8), photometric="rgb")
-    with pytest.raises(SourceError, match="3 samples per pixel"):
-        open_source(str(tmp_path / "*.tif"))
+def test_rgb_planes_read_as_three_channels(tmp_path):
+    rgb = np.random.default_rng(3).integers(0, 255, (2, 10, 12, 3), dtype=np.uint8)
+    for z in range(2):
+        tifffile.imwrite(tmp_path / f"rgb_{z}.tif", rgb[z], photometric="rgb")
+    source = open_source(str(tmp_path / "*.tif"))
+    assert source.num_channels == 3
+    np.testing.assert_array_equal(source.read(Box((1, 2, 0), (11, 9, 2))), rgb[:, 2:9, 1:11])
 
 
-def test_multichannel_stack_is_refused(tmp_path):
+def test_a_hyperstack_reads_as_its_channels(tmp_path):
     path = tmp_path / "hyperstack.tif"
-    tifffile.imwrite(
-        path, np.zeros((4, 2, 10, 12), np.uint16), imagej=True, metadata={"axes": "ZCYX"}
+    data = np.random.default_rng(4).integers(0, 999, (4, 2, 10, 12), dtype=np.uint16)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZCYX"})
+    source = open_source(str(path))
+    assert source.num_channels == 2
+    np.testing.assert_array_equal(
+        source.read(Box((0, 0, 1), (12, 10, 3))), np.moveaxis(data[1:3], 1, -1)
     )
-    with pytest.raises(SourceError, match="single-channel"):
-        open_source(str(path))
 
 
 def test_unsupported_dtype(tmp_path):

@@ -10,6 +10,7 @@ import contextlib
 import multiprocessing
 import signal
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -29,6 +30,10 @@ class SerialExecutor(Executor):
         except BaseException as exc:  # the caller sees it through future.result()
             future.set_exception(exc)
         return future
+
+
+# how long a shutting-down pool waits for its workers before it stops them
+SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 def process_pool(n_workers: int) -> ProcessPoolExecutor:
@@ -55,7 +60,24 @@ def _ignore_sigint() -> None:
 
 
 class _StoppablePool(ProcessPoolExecutor):
-    """A process pool that, left because of an error or Ctrl-C, stops its workers at once."""
+    """A process pool that, left because of an error or Ctrl-C, stops its workers at once, and
+    whose shutdown cannot hang: a worker SIGKILLed while it held the task queue's lock leaves
+    its siblings blocked on that lock forever, and the standard shutdown waits for them too."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        # the standard shutdown forgets both; keep them to wait (CPython's own attributes)
+        processes = list((getattr(self, "_processes", None) or {}).values())
+        manager = getattr(self, "_executor_manager_thread", None)
+        super().shutdown(wait=False, cancel_futures=cancel_futures)
+        if not wait:
+            return
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+        if manager is not None:
+            manager.join(SHUTDOWN_GRACE_SECONDS)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
         if exc_type is None:

@@ -1,9 +1,10 @@
 """OME-Zarr (NGFF) group metadata: what we write for a pyramid, and what we read of anyone's.
 
 We write 0.4 (zarr v2 ``.zattrs``) or 0.5 (zarr v3 ``zarr.json`` under ``ome``) for 5-D arrays
-``(t, c, z, y, x)``, as the original NGFF layout did, so a channel axis can grow later without a
-new layout. Reading accepts 0.1-0.5 (and 0.2 without axes, as the original wrote): the space axes
-become the volume's z, y, x, and every other axis is read at index 0. No I/O happens here.
+``(t, c, z, y, x)``, as the original NGFF layout did; ``omero`` names each channel of ``c`` and
+gives it a colour and a display window. Reading accepts 0.1-0.5 (and 0.2 without axes, as the
+original wrote): the space axes become the volume's z, y, x, a ``c`` axis its channels, and every
+other axis is read at index 0. No I/O happens here.
 """
 
 from __future__ import annotations
@@ -96,20 +97,27 @@ def multiscales_json(pyramid: Pyramid, name: str, version: str) -> dict[str, Any
 
 
 def omero_json(
-    pyramid: Pyramid, name: str, window: tuple[float, float], version: str
+    pyramid: Pyramid,
+    name: str,
+    windows: list[tuple[float, float]],
+    version: str,
+    labels: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """One grey channel whose display window is `window` (the data's dim and bright ends)."""
+    """One channel per window (the data's dim and bright ends): grey when alone, else each in
+    its own colour (see `channels.channel_color`), labelled by `labels`."""
+    from .channels import channel_color
+
     dtype = pyramid.dtype
-    if dtype.kind in "ui":
-        low, high = float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
-    else:
-        low, high = min(window[0], 0.0), max(window[1], 1.0)
-    omero: dict[str, Any] = {
-        "name": name,
-        "channels": [
+    channels = []
+    for c, window in enumerate(windows):
+        if dtype.kind in "ui":
+            low, high = float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
+        else:
+            low, high = min(window[0], 0.0), max(window[1], 1.0)
+        channels.append(
             {
-                "label": name,
-                "color": "FFFFFF",
+                "label": labels[c] if c < len(labels) else name,
+                "color": "FFFFFF" if len(windows) == 1 else channel_color(c),
                 "active": True,
                 "coefficient": 1.0,
                 "family": "linear",
@@ -121,8 +129,12 @@ def omero_json(
                     "end": _plain(window[1]),
                 },
             }
-        ],
-        "rdefs": {"defaultT": 0, "defaultZ": pyramid.scale(1).size[2] // 2, "model": "greyscale"},
+        )
+    model = "greyscale" if len(windows) == 1 else "color"
+    omero: dict[str, Any] = {
+        "name": name,
+        "channels": channels,
+        "rdefs": {"defaultT": 0, "defaultZ": pyramid.scale(1).size[2] // 2, "model": model},
     }
     if version == "0.4":
         omero = {"version": "0.4", **omero}
@@ -134,14 +146,19 @@ def _plain(value: float) -> int | float:
 
 
 def group_attributes(
-    pyramid: Pyramid, name: str, version: str, window: tuple[float, float] | None
+    pyramid: Pyramid,
+    name: str,
+    version: str,
+    windows: list[tuple[float, float]] | None,
+    labels: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The attributes of the image group: ``.zattrs`` (0.4) or ``zarr.json``'s (0.5)."""
+    """The attributes of the image group: ``.zattrs`` (0.4) or ``zarr.json``'s (0.5); one
+    window (and label) per channel."""
     body: dict[str, Any] = {"multiscales": [multiscales_json(pyramid, name, version)]}
     if pyramid.is_segmentation:
         body["image-label"] = {"colors": []} if version == "0.5" else {"version": "0.4"}
-    elif window is not None:
-        body["omero"] = omero_json(pyramid, name, window, version)
+    elif windows is not None:
+        body["omero"] = omero_json(pyramid, name, windows, version, labels)
     if version == "0.5":
         return {"ome": {"version": "0.5", **body}}
     return body

@@ -57,7 +57,8 @@ def task_bytes(pyramid: Pyramid, stage_first: int, region: XYZ, read_overhead: i
         voxels *= min(r, s)
     # level first-1 is read to make level first: 8 times the voxels for factors 2, 2, 2
     read_factor = 1 if stage_first == 1 else math.prod(pyramid.factor(stage_first))
-    return int(voxels * pyramid.dtype.itemsize * (read_factor + _HEADROOM)) + read_overhead
+    voxel_bytes = pyramid.dtype.itemsize * pyramid.num_channels
+    return int(voxels * voxel_bytes * (read_factor + _HEADROOM)) + read_overhead
 
 
 def _region_for(

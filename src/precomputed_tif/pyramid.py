@@ -94,7 +94,7 @@ class Pyramid:
     data_type: str
     scales: tuple[Scale, ...]
     volume_type: str = "image"
-    # the converter writes one channel; volumes other tools wrote may hold more
+    # values per voxel: several for an OME-Zarr c axis or an RGB precomputed volume
     num_channels: int = 1
     # how each level is made from the one before (downsample.METHODS); None: the default for the
     # volume type. Ours, not Neuroglancer's: it is kept in the run record, never in an info file

@@ -38,7 +38,8 @@ class VolumeLevel:
 
     @property
     def channels(self) -> int:
-        """The info's ``num_channels``: 1 for every volume this tool writes."""
+        """The info's ``num_channels`` (an OME-Zarr image's ``c`` axis): 1 but for several
+        channels in one volume (``--format ngff``, RGB ``--format precomputed``)."""
         return self.store.pyramid.num_channels
 
     @property

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .downsample import downsample
-from .geometry import Box
+from .geometry import XYZ, Box
 from .plan import Task
 from .pyramid import Pyramid
 from .stores import ChunkStore
@@ -39,6 +41,14 @@ def exact_copy(store: ChunkStore) -> ChunkStore:
     return ZarrStore(f"{store.path.rstrip('/')}/{STATE_DIR}/{EXACT_DIR}", store.pyramid)
 
 
+def downsample_channels(data: np.ndarray, factor: XYZ, *, method: str) -> np.ndarray:
+    """`downsample` of (z, y, x) data, or of each channel of (z, y, x, c) data."""
+    if data.ndim == 3:
+        return downsample(data, factor, method=method)
+    channels = [downsample(data[..., c], factor, method=method) for c in range(data.shape[3])]
+    return np.stack(channels, axis=3)
+
+
 def run_task(task: Task) -> TaskResult:
     """Make every level of `task.stage` for `task.box`; returns the voxels written per level."""
     store = task.store
@@ -57,7 +67,7 @@ def run_task(task: Task) -> TaskResult:
         finer = pyramid.scale(stage.first - 1)
         exact = exact_copy(store) if needs_exact_copy(pyramid, stage.first - 1) else store
         factor = pyramid.factor(stage.first)
-        data = downsample(
+        data = downsample_channels(
             exact.read_region(stage.first - 1, box.scaled_up(factor, finer.size)),
             factor,
             method=method,
@@ -66,7 +76,7 @@ def run_task(task: Task) -> TaskResult:
     for level in stage.levels:
         if level != stage.first:
             factor = pyramid.factor(level)
-            data = downsample(data, factor, method=method)
+            data = downsample_channels(data, factor, method=method)
             box = box.scaled_down(factor, pyramid.scale(level).size)
         targets = [store]
         if level == stage.last and needs_exact_copy(pyramid, level):

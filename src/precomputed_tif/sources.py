@@ -41,12 +41,18 @@ class PlaneSource(Protocol):
     def dtype(self) -> np.dtype[Any]: ...
 
     @property
+    def num_channels(self) -> int:
+        """Values per voxel: 1 for grey planes; a `read` gives (z, y, x, c) when more."""
+        ...
+
+    @property
     def read_overhead_bytes(self) -> int:
         """Memory a `read` needs beyond its output (decoding buffers)."""
         ...
 
     def read(self, box: Box) -> np.ndarray:
-        """The voxels of `box` as a native-endian (z, y, x) array."""
+        """The voxels of `box` as a native-endian (z, y, x) array, (z, y, x, c) for several
+        channels."""
         ...
 
     def sub_stack(self, z0: int, z1: int) -> PlaneSource:
@@ -56,14 +62,19 @@ class PlaneSource(Protocol):
 
 @dataclass(frozen=True)
 class ArraySource:
-    """Planes held in memory, for tests and notebooks. `array` is (z, y, x)."""
+    """Planes held in memory, for tests and notebooks. `array` is (z, y, x), or (z, y, x, c)
+    for several channels."""
 
     array: np.ndarray
 
     @property
     def size(self) -> XYZ:
-        z, y, x = self.array.shape
+        z, y, x = self.array.shape[:3]
         return (x, y, z)
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.array.shape[3]) if self.array.ndim == 4 else 1
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -85,6 +96,7 @@ class ShapeSource:
     shape: XYZ
     data_type: str
     read_overhead_bytes: int = 0
+    num_channels: int = 1
 
     @property
     def size(self) -> XYZ:
@@ -107,6 +119,8 @@ class TiffPlanesSource:
     """One 2D TIFF per plane, in the order given (`open_source` sorts the names).
 
     `stamps` says what each file was when opened (see `PlaneStamp`); task records leave it out.
+    Planes of several `samples` per pixel (RGB) read as (z, y, x, samples), or as the one
+    `channel` (sample) asked for.
     """
 
     paths: tuple[str, ...]
@@ -115,10 +129,16 @@ class TiffPlanesSource:
     decode_threads: int = 2
     segment_bytes: int = 0
     stamps: tuple[PlaneStamp, ...] = ()
+    samples: int = 1
+    channel: int | None = None
 
     @property
     def size(self) -> XYZ:
         return (self.plane_shape[1], self.plane_shape[0], len(self.paths))
+
+    @property
+    def num_channels(self) -> int:
+        return self.samples if self.channel is None else 1
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -132,11 +152,16 @@ class TiffPlanesSource:
         return replace(self, paths=self.paths[z0:z1], stamps=())
 
     def read(self, box: Box) -> np.ndarray:
-        out = np.empty(box.numpy_shape, self.dtype)
+        samples = (self.num_channels,) if self.num_channels > 1 else ()
+        out = np.empty(box.numpy_shape + samples, self.dtype)
         (x0, y0, z0), (x1, y1, _) = box.start, box.stop
 
         def read_one(z: int) -> None:
-            out[z - z0] = _read_plane_region(self.paths[z], y0, y1, x0, x1)
+            if self.samples == 1:
+                out[z - z0] = _read_plane_region(self.paths[z], y0, y1, x0, x1)
+                return
+            region = _read_samples(self.paths[z])[y0:y1, x0:x1]
+            out[z - z0] = region if self.channel is None else region[..., self.channel]
 
         planes = range(box.start[2], box.stop[2])
         if self.decode_threads > 1 and len(planes) > 1:
@@ -150,12 +175,22 @@ class TiffPlanesSource:
 
 @dataclass(frozen=True)
 class MultiPageTiffSource:
-    """One TIFF file whose first series is a (z, y, x) stack."""
+    """One TIFF file whose first series is a (z, y, x) stack.
+
+    Channel c of plane z is page ``z * page_step + channel_pages[c]`` of the series (an ImageJ
+    hyperstack keeps a channel's planes every C pages, or C blocks of Z pages); several channels
+    read as (z, y, x, c). Pages of several `samples` per pixel (RGB) read as (z, y, x, samples),
+    or as the one `channel` (sample) asked for.
+    """
 
     path: str
     stack_shape: tuple[int, int, int]
     data_type: str
     stamps: tuple[PlaneStamp, ...] = ()
+    page_step: int = 1
+    channel_pages: tuple[int, ...] = (0,)
+    samples: int = 1
+    channel: int | None = None
 
     @property
     def size(self) -> XYZ:
@@ -163,12 +198,18 @@ class MultiPageTiffSource:
         return (x, y, z)
 
     @property
+    def num_channels(self) -> int:
+        if len(self.channel_pages) > 1:
+            return len(self.channel_pages)
+        return self.samples if self.channel is None else 1
+
+    @property
     def dtype(self) -> np.dtype[Any]:
         return np.dtype(self.data_type)
 
     @property
     def read_overhead_bytes(self) -> int:
-        return self.stack_shape[1] * self.stack_shape[2] * self.dtype.itemsize
+        return self.stack_shape[1] * self.stack_shape[2] * self.dtype.itemsize * self.samples
 
     def sub_stack(self, z0: int, z1: int) -> PlaneSource:
         return _PageRange(self, z0, z1)
@@ -176,15 +217,25 @@ class MultiPageTiffSource:
     def read(self, box: Box) -> np.ndarray:
         import tifffile
 
-        out = np.empty(box.numpy_shape, self.dtype)
+        samples = (self.num_channels,) if self.num_channels > 1 else ()
+        out = np.empty(box.numpy_shape + samples, self.dtype)
         (x0, y0, z0), (x1, y1, z1) = box.start, box.stop
+        page_shape = self.stack_shape[1:] + ((self.samples,) if self.samples > 1 else ())
+        single = self.stack_shape[0] == 1 and self.channel_pages == (0,)
+        many = len(self.channel_pages) > 1
         try:
             with tifffile.TiffFile(self.path) as tif:
                 for z in range(z0, z1):
-                    plane = (
-                        tif.asarray(series=0, key=z) if self.stack_shape[0] > 1 else tif.asarray()
-                    )
-                    out[z - z0] = plane.reshape(self.stack_shape[1:])[y0:y1, x0:x1]
+                    for c, first in enumerate(self.channel_pages):
+                        key = z * self.page_step + first
+                        plane = tif.asarray() if single else tif.asarray(series=0, key=key)
+                        plane = plane.reshape(page_shape)[y0:y1, x0:x1]
+                        if many:
+                            out[z - z0, ..., c] = plane
+                        elif self.channel is not None:
+                            out[z - z0] = plane[..., self.channel]
+                        else:
+                            out[z - z0] = plane
         except (OSError, ValueError, IndexError) as exc:
             raise SourceError(f"cannot read {self.path!r} page {z}: {exc}") from exc
         return out
@@ -206,6 +257,10 @@ class _PageRange:
     @property
     def dtype(self) -> np.dtype[Any]:
         return self.whole.dtype
+
+    @property
+    def num_channels(self) -> int:
+        return self.whole.num_channels
 
     @property
     def read_overhead_bytes(self) -> int:
@@ -324,6 +379,19 @@ def _read_plane_region(path: str, y0: int, y1: int, x0: int, x1: int) -> np.ndar
         raise SourceError(f"cannot read plane {path!r}: {exc}") from exc
 
 
+def _read_samples(path: str) -> np.ndarray:
+    """A whole plane of several samples per pixel (RGB) as (y, x, samples)."""
+    try:
+        with _tiff(path) as tif:
+            page = tif.pages.first
+            plane = page.asarray()
+            if page.axes.startswith("S"):  # planar configuration: one plane per sample
+                plane = np.moveaxis(plane, 0, -1)
+            return np.asarray(plane, np.dtype(page.dtype).newbyteorder("="))
+    except Exception as exc:  # tifffile and imagecodecs raise many kinds for damaged files
+        raise SourceError(f"cannot read plane {path!r}: {exc}") from exc
+
+
 def _read_rows(tif: Any, page: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     """Rows y0:y1 of an uncompressed plane in a file object: one read of just those rows."""
     dtype = np.dtype(page.dtype).newbyteorder("<" if tif.byteorder == "<" else ">")
@@ -398,12 +466,20 @@ def _read_header(path: str) -> _PlaneHeader:
         raise SourceError(f"{path!r} is not a readable TIFF file: {exc}") from exc
 
 
+def _plane_yx(header: _PlaneHeader) -> tuple[int, int]:
+    """The (y, x) shape of a plane, whatever its samples per pixel."""
+    if header.samples > 1 and len(header.shape) == 3:
+        shape = list(header.shape[:2] if header.shape[2] == header.samples else header.shape[1:])
+    else:
+        shape = list(header.shape)
+    return (int(shape[0]), int(shape[1]))
+
+
 def _check_plane(path: str, header: _PlaneHeader) -> None:
-    if header.samples > 1 or len(header.shape) != 2:
+    if len(header.shape) != (2 if header.samples == 1 else 3):
         raise SourceError(
             f"plane {os.path.basename(path)!r} has shape {header.shape} with "
-            f"{header.samples} samples per pixel (RGB or multi-channel); expected one grey "
-            "channel per plane: split the channels into separate stacks first"
+            f"{header.samples} samples per pixel; expected a plane of one or more samples"
         )
     if header.dtype not in SUPPORTED_DTYPES:
         raise SourceError(
@@ -500,10 +576,17 @@ def _open_planes(paths: Sequence[str], *, decode_threads: int) -> TiffPlanesSour
                 f"{header.dtype}; expected {first.shape} and {first.dtype} "
                 f"like {os.path.basename(first_path)!r}"
             )
-    shape = (int(first.shape[0]), int(first.shape[1]))
     segment_bytes = max(h.segment_bytes for h in headers)
     stamps = tuple(h.stamp for h in headers)
-    return TiffPlanesSource(tuple(paths), shape, first.dtype, decode_threads, segment_bytes, stamps)
+    return TiffPlanesSource(
+        tuple(paths),
+        _plane_yx(first),
+        first.dtype,
+        decode_threads,
+        segment_bytes,
+        stamps,
+        samples=first.samples,
+    )
 
 
 def _open_multipage(path: str) -> PlaneSource:
@@ -514,11 +597,12 @@ def _open_multipage(path: str) -> PlaneSource:
         _check_plane(path, header)
         return TiffPlanesSource(
             (path,),
-            (header.shape[0], header.shape[1]),
+            _plane_yx(header),
             header.dtype,
             1,
             header.segment_bytes,
             (header.stamp,),
+            samples=header.samples,
         )
     try:
         with tifffile.TiffFile(path) as tif:
@@ -528,20 +612,56 @@ def _open_multipage(path: str) -> PlaneSource:
             dtype = np.dtype(series.dtype).name
     except Exception as exc:
         raise SourceError(f"{path!r} is not a readable TIFF file: {exc}") from exc
-    kept = [(a, s) for a, s in zip(axes, shape) if s > 1 or a in "YX"]
-    kept_axes = "".join(a for a, _ in kept)
-    if any(a in "SC" for a in kept_axes) or len(kept) != 3:
-        raise SourceError(
-            f"{os.path.basename(path)!r} holds a stack of shape {shape} with axes {axes!r}; "
-            "expected a single-channel z-stack (one grey plane per page)"
-        )
     if dtype not in SUPPORTED_DTYPES:
         raise SourceError(
             f"{os.path.basename(path)!r} has data type {dtype}; "
             f"expected one of {', '.join(SUPPORTED_DTYPES)}"
         )
-    z, y, x = (s for _, s in kept)
-    return MultiPageTiffSource(path, (z, y, x), dtype, (header.stamp,))
+    return _hyperstack(path, shape, axes, dtype, header.stamp)
+
+
+def _hyperstack(
+    path: str, shape: tuple[int, ...], axes: str, dtype: str, stamp: PlaneStamp
+) -> MultiPageTiffSource:
+    """A series of pages (z and maybe channels; samples per pixel last) as a source whose
+    `num_channels` counts its channels; `channel_sources` splits it."""
+    kept = [(a, s) for a, s in zip(axes, shape) if s > 1 or a in "YX"]
+    kept_axes = "".join(a for a, _ in kept)
+    sizes = dict(kept)
+    page_axes = kept_axes.replace("Y", "").replace("X", "").replace("S", "")
+    z_axes = [a for a in page_axes if a != "C"]
+    if not kept_axes.endswith(("YX", "YXS")) or len(z_axes) > 1 or ("C" in sizes and "S" in sizes):
+        raise SourceError(
+            f"{os.path.basename(path)!r} holds a stack of shape {shape} with axes {axes!r}; "
+            "expected a z-stack of grey or RGB planes, or an ImageJ hyperstack of z and channels"
+        )
+    n_z = sizes[z_axes[0]] if z_axes else 1
+    n_c = sizes.get("C", 1)
+    # pages run through the page axes in order, the last fastest
+    step, per_c = 1, 0
+    if n_c > 1:
+        c_first = not z_axes or page_axes.index("C") < page_axes.index(z_axes[0])
+        step, per_c = (1, n_z) if c_first else (n_c, 1)
+    return MultiPageTiffSource(
+        path,
+        (n_z, sizes["Y"], sizes["X"]),
+        dtype,
+        (stamp,),
+        page_step=step,
+        channel_pages=tuple(c * per_c for c in range(n_c)),
+        samples=sizes.get("S", 1),
+    )
+
+
+def channel_sources(source: PlaneSource) -> list[PlaneSource]:
+    """`source` split into one single-channel source per channel (itself when it has one)."""
+    if source.num_channels == 1:
+        return [source]
+    if isinstance(source, MultiPageTiffSource) and len(source.channel_pages) > 1:
+        return [replace(source, channel_pages=(page,)) for page in source.channel_pages]
+    if isinstance(source, (MultiPageTiffSource, TiffPlanesSource)):
+        return [replace(source, channel=c) for c in range(source.num_channels)]
+    raise SourceError(f"cannot split a {type(source).__name__} into its channels")
 
 
 _NUMBER = re.compile(r"(\d+)")

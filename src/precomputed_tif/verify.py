@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .downsample import downsample
 from .encodings import decode_chunk, encode_chunk
 from .errors import StoreError
 from .geometry import Box, chunks_in, full_box
-from .run import LOSSY_ENCODINGS
+from .run import LOSSY_ENCODINGS, downsample_channels
 from .sources import PlaneSource
 from .stores import ChunkStore
 
@@ -77,6 +76,8 @@ class Report:
 def check_chunks(store: ChunkStore, level: int, boxes: list[Box]) -> list[Problem]:
     """Read and decode each chunk; picklable arguments, so executors can run it."""
     problems = []
+    channels = store.pyramid.num_channels
+    samples = (channels,) if channels > 1 else ()
     for box in boxes:
         try:
             data = store.read_chunk(level, box)
@@ -85,8 +86,9 @@ def check_chunks(store: ChunkStore, level: int, boxes: list[Box]) -> list[Proble
             continue
         if data is None:
             problems.append(Problem(level, box, "missing"))
-        elif data.shape != box.numpy_shape:
-            problems.append(Problem(level, box, f"holds {data.shape}, not {box.numpy_shape}"))
+        elif data.shape != box.numpy_shape + samples:
+            shape = box.numpy_shape + samples
+            problems.append(Problem(level, box, f"holds {data.shape}, not {shape}"))
     return problems
 
 
@@ -194,10 +196,12 @@ def _compare(
             return None
         factor = pyramid.factor(level)
         region = box.scaled_up(factor, finer.size)
-        expected = downsample(store.read_region(level - 1, region), factor, method=method)
+        expected = downsample_channels(store.read_region(level - 1, region), factor, method=method)
     if scale.encoding in LOSSY_ENCODINGS:  # what a reader decodes from the exact voxels
         blob = encode_chunk(expected, scale.encoding)
-        expected = decode_chunk(blob, scale.encoding, box.numpy_shape, pyramid.dtype)
+        expected = decode_chunk(
+            blob, scale.encoding, box.numpy_shape, pyramid.dtype, channels=pyramid.num_channels
+        )
     stored = store.read_chunk(level, box)
     if stored is None:
         return "missing"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -47,7 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--source",
-        help="glob of TIFF planes (quote it), a folder of them, or one multi-page TIFF",
+        action="append",
+        help="glob of TIFF planes (quote it), a folder of them, or one multi-page TIFF; give it "
+        "once per channel for several channels (RGB planes and ImageJ hyperstacks are several "
+        "channels already)",
+    )
+    parser.add_argument(
+        "--channel-names",
+        type=_names,
+        metavar="A,B,...",
+        help="names of the channels, in order (default: the folders' names; red, green, blue "
+        "for RGB planes)",
     )
     parser.add_argument(
         "--order",
@@ -216,6 +227,10 @@ def _factors(text: str) -> tuple[int, ...] | str:
         ) from None
 
 
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",")]
+
+
 def _shape_source(shape: tuple[int, int, int], dtype: str) -> Any:
     import numpy as np
 
@@ -229,6 +244,87 @@ def _shape_source(shape: tuple[int, int, int], dtype: str) -> Any:
     if min(shape) < 1:
         raise PlanError(f"--shape {shape} must be positive in x, y and z")
     return ShapeSource(shape, np.dtype(dtype).name)
+
+
+def _lent(dask: Any) -> Any:
+    """The Dask executor for one volume's run, the cluster staying up for the next channel."""
+    return contextlib.nullcontext(dask.__enter__())
+
+
+def _with_channels(pyramid: Any, channels: int, args: argparse.Namespace) -> Any:
+    """`pyramid` holding `channels` values per voxel (a ``c`` axis, or ``num_channels``)."""
+    from ..errors import PlanError
+
+    if args.format == "precomputed" and args.encoding == "jpeg" and channels not in (1, 3):
+        raise PlanError(f"--encoding jpeg holds 1 or 3 channels, not {channels}: choose png or raw")
+    if args.format == "precomputed" and args.encoding == "compressed_segmentation":
+        raise PlanError("--encoding compressed_segmentation holds one channel per volume")
+    if args.segmentation:
+        raise PlanError("--segmentation labels are one channel: give one --source of labels")
+    return dataclasses.replace(pyramid, num_channels=channels)
+
+
+def _one_volume(args: argparse.Namespace, source: Any) -> bool:
+    """Whether several channels go into one volume: a ``c`` axis (ngff), or the samples of one
+    RGB stack as a ``num_channels`` precomputed volume that Neuroglancer shows in colour."""
+    from ..channels import ChannelStack
+
+    if args.format == "ngff":
+        return True
+    return (
+        args.format == "precomputed"
+        and not isinstance(source, ChannelStack)
+        and (getattr(source, "samples", 1) > 1)
+    )
+
+
+def _separate_channels(
+    args: argparse.Namespace, channels: list[Any], convert_one: Any, quiet: bool
+) -> int:
+    """Each channel as a volume in ``DEST/NAME``, then ``DEST/sources.json`` listing them."""
+    from ..channel_volumes import channel_record, prepare_channel_dest, write_sources
+    from ..errors import PlanError
+    from ..locations import is_remote
+
+    if is_remote(args.dest):
+        raise PlanError(
+            "several channels go to a local folder each, listed by a sources.json; for an "
+            "object store use --format ngff (one image with a channel axis)"
+        )
+    dest = os.path.abspath(args.dest)
+    started = time.perf_counter()
+    if not args.dry_run:
+        _check_dest(dest)
+        record = channel_record(channels, args.format)
+        finished = prepare_channel_dest(
+            dest, record, resume=args.resume or args.repair, overwrite=args.overwrite
+        )
+        if finished:
+            print(
+                f"precomputed-tif: {dest} already holds these {len(channels)} channels, "
+                "converted with the same settings: nothing to do (--overwrite makes them again)",
+                file=sys.stderr,
+            )
+            return 0
+    for channel in channels:
+        log.info("channel %s -> %s", channel.name, os.path.join(dest, channel.name))
+        status = convert_one(channel.source, os.path.join(dest, channel.name), [], summary=False)
+        if status != 0 or args.dry_run:
+            if args.dry_run:
+                print(f"(each of the {len(channels)} channels as above, one after another)")
+            return status
+    config = write_sources(dest, channels)
+    if not quiet:
+        x, y, z = channels[0].source.size
+        seconds = time.perf_counter() - started
+        size = x * y * z * channels[0].source.dtype.itemsize * len(channels)
+        print(
+            f"done in {seconds:.1f} s: {len(channels)} channels "
+            f"({', '.join(c.name for c in channels)}), {size / 1e6:.1f} MB, "
+            f"{size / 1e6 / max(seconds, 1e-6):.1f} MB/s"
+        )
+        print(f"serve and view them: precomputed-webserver --config {shlex.quote(config)} --viewer")
+    return 0
 
 
 def _dask_budget(args: argparse.Namespace, dask: Any, per_worker: int | None) -> Any:
@@ -423,7 +519,7 @@ def _summary(
     from ..locations import is_remote
 
     x, y, z = source.size
-    read = x * y * z * source.dtype.itemsize
+    read = x * y * z * source.dtype.itemsize * source.num_channels
     lines = [
         f"done in {seconds:.1f} s: {read / 1e6:.1f} MB of {source.dtype.name} voxels, "
         f"{read / 1e6 / max(seconds, 1e-6):.1f} MB/s"
@@ -431,7 +527,9 @@ def _summary(
     if not is_remote(dest):
         total_bytes = total_files = 0
         for level in range(1, pyramid.n_levels + 1):
-            n_bytes, n_files = _folder_usage(os.path.join(dest, pyramid.scale(level).key))
+            # OME-Zarr names its levels 0, 1, ...; the other layouts by their scale keys
+            folder = str(level - 1) if args.format == "ngff" else pyramid.scale(level).key
+            n_bytes, n_files = _folder_usage(os.path.join(dest, folder))
             total_bytes += n_bytes
             total_files += n_files
             sx, sy, sz = pyramid.scale(level).size
@@ -470,7 +568,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if extra:
         planes = [e for e in extra if e.lower().endswith((".tif", ".tiff")) or os.path.isfile(e)]
         if planes and args.source is not None:
-            example = os.path.join(os.path.dirname(args.source) or ".", "*.tif")
+            example = os.path.join(os.path.dirname(args.source[-1]) or ".", "*.tif")
             parser.error(
                 f"--source got {len(planes) + 1} file names: the shell expanded the glob; quote "
                 f"the glob, e.g. --source '{example}'"
@@ -499,24 +597,53 @@ MAX_PROBLEMS_SHOWN = 100
 
 
 def _verify(args: argparse.Namespace) -> int:
-    """``--verify DEST``: the verdict on one line, then what is missing or damaged."""
-    from .. import open_source, open_store
+    """``--verify DEST``: the verdict on one line, then what is missing or damaged; a folder of
+    channels (``DEST/sources.json``) is verified channel by channel."""
+    from ..channel_volumes import listed_volumes
+    from ..channels import open_channels, stack_channels
+    from ..errors import PlanError
+
+    channels = None
+    if args.source is not None:
+        channels = open_channels(args.source, names=args.channel_names, order=args.order)
+    volumes = listed_volumes(args.verify)
+    if volumes is None:
+        source = None
+        if channels is not None:
+            source = channels[0].source if len(channels) == 1 else stack_channels(channels)
+        return _verify_one(args, args.verify, source, "")
+    if channels is not None and [c.name for c in channels] != [n for n, _ in volumes]:
+        raise PlanError(
+            f"--source gives channels {', '.join(c.name for c in channels)}; {args.verify!r} "
+            f"holds {', '.join(n for n, _ in volumes)} (see --channel-names)"
+        )
+    status = 0
+    for i, (name, folder) in enumerate(volumes):
+        source = channels[i].source if channels is not None else None
+        status = max(status, _verify_one(args, folder, source, f"channel {name}: "))
+    return status
+
+
+def _verify_one(args: argparse.Namespace, dest: str, source: Any, prefix: str) -> int:
+    from .. import open_store
     from ..errors import PlanError
     from ..executors import process_pool
     from ..verify import verify_store
 
-    store = open_store(args.verify)
-    source = None
-    if args.source is not None:
-        source = open_source(args.source, order=args.order)
-        if source.size != store.pyramid.scale(1).size:
-            raise PlanError(
-                f"--source holds {'x'.join(map(str, source.size))} voxels; the volume at "
-                f"{args.verify!r} holds {'x'.join(map(str, store.pyramid.scale(1).size))}"
-            )
+    store = open_store(dest)
+    if source is not None and source.size != store.pyramid.scale(1).size:
+        raise PlanError(
+            f"--source holds {'x'.join(map(str, source.size))} voxels; the volume at "
+            f"{dest!r} holds {'x'.join(map(str, store.pyramid.scale(1).size))}"
+        )
+    if source is not None and source.num_channels != store.pyramid.num_channels:
+        raise PlanError(
+            f"--source holds {source.num_channels} channels; the volume at {dest!r} holds "
+            f"{store.pyramid.num_channels}"
+        )
     with process_pool(max(1, args.n_cores)) as pool:
         report = verify_store(store, executor=pool, source=source)
-    print(report.verdict)
+    print(prefix + report.verdict)
     for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
         print(f"  {problem}")
     if len(report.problems) > MAX_PROBLEMS_SHOWN:
@@ -535,15 +662,14 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
     command = sys.argv[1:] if argv is None else list(argv)
     quiet = logging.getLogger("precomputed_tif").getEffectiveLevel() > logging.INFO
 
-    def work() -> int:
-        from .. import convert, create_store, open_source, plan_pyramid
-        from ..convert import iter_convert
-        from ..errors import AlreadyConvertedError, PlanError
-        from ..executors import process_pool
-        from ..locations import is_remote
-        from ._tqdm_loop import drive_with_tqdm
+    dask: Any = None
+    budget: Any = None
 
-        dask = None
+    def work() -> int:
+        nonlocal dask, budget
+        from ..channels import open_channels, stack_channels
+        from ..errors import PlanError
+
         if args.dask_scheduler or args.dask_workers:
             from ..executors import DaskExecutor
 
@@ -557,18 +683,40 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
         if args.example:
             from ..example import example_planes
 
-            args.source = example_planes()
+            args.source = [example_planes()]
         if (args.source is None) == (args.shape is None):
             raise PlanError(
                 "give --source (a quoted glob of TIFF planes), --example, or with --dry-run "
                 "--shape X,Y,Z"
             )
+        if args.channel_names is not None and args.source is None:
+            raise PlanError("--channel-names names the channels of --source")
+        channels = None
         if args.shape is not None:
             if not args.dry_run:
                 raise PlanError("--shape plans a stack that does not exist: add --dry-run")
             source = _shape_source(args.shape, args.dtype)
         else:
-            source = open_source(args.source, order=args.order)
+            channels = open_channels(args.source, names=args.channel_names, order=args.order)
+            source = channels[0].source if len(channels) == 1 else stack_channels(channels)
+        try:
+            if channels is not None and len(channels) > 1 and not _one_volume(args, source):
+                return _separate_channels(args, channels, one, quiet)
+            names = [c.name for c in channels] if channels and len(channels) > 1 else []
+            return one(source, args.dest, names, summary=True)
+        finally:
+            if dask is not None:  # after every channel: one cluster serves them all
+                dask.__exit__(None, None, None)
+
+    def one(source: Any, dest_arg: str, channel_names: list[str], *, summary: bool) -> int:
+        """Convert `source` into `dest_arg`; the status a run of it would exit with."""
+        from .. import convert, create_store, plan_pyramid
+        from ..convert import iter_convert
+        from ..errors import AlreadyConvertedError, PlanError
+        from ..executors import process_pool
+        from ..locations import is_remote
+        from ._tqdm_loop import drive_with_tqdm
+
         voxel_size_nm = tuple(int(float(v) * 1000) for v in args.voxel_size)
         pyramid = plan_pyramid(
             source.size,
@@ -581,6 +729,8 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             factors=args.factors,
             downsampling=args.downsample,
         )
+        if source.num_channels > 1:
+            pyramid = _with_channels(pyramid, source.num_channels, args)
         x, y, z = source.size
         log.info(
             "%d planes of %dx%d %s -> %s, %d levels, format %s",
@@ -588,7 +738,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             x,
             y,
             source.dtype.name,
-            args.dest,
+            dest_arg,
             pyramid.n_levels,
             args.format,
         )
@@ -617,11 +767,13 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             pyramid = pyramid.zarr_sharded(budget.task_bytes)
         elif args.sharded:
             pyramid = pyramid.sharded(budget.task_bytes, args.shard_data_encoding)
-        remote = is_remote(args.dest)
-        dest = args.dest if remote else os.path.abspath(args.dest)
+        remote = is_remote(dest_arg)
+        dest = dest_arg if remote else os.path.abspath(dest_arg)
         if not remote and not args.dry_run:
             _check_dest(dest)
         store = create_store(args.format, dest, pyramid, gzip_files=args.gzip)
+        if channel_names and args.format == "ngff":
+            store = dataclasses.replace(store, channel_names=tuple(channel_names))  # type: ignore[call-arg]
         if args.dry_run:
             from ..plan import describe_plan, plan_stages
 
@@ -636,11 +788,9 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             )
             for line in describe_plan(pyramid, stages, args.format, source.read_overhead_bytes):
                 print(line)
-            if dask is not None:
-                dask.__exit__(None, None, None)
             return 0
         if in_process:
-            pool = dask if dask is not None else process_pool(budget.n_workers)
+            pool = _lent(dask) if dask is not None else process_pool(budget.n_workers)
             with pool as executor:
                 stage_runs = iter_convert(
                     source,
@@ -663,7 +813,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
         previous_handler = _interrupt_once()
         interrupted = False
         try:
-            pool = dask if dask is not None else process_pool(budget.n_workers)
+            pool = _lent(dask) if dask is not None else process_pool(budget.n_workers)
             with bars.showing(), pool as executor:
                 convert(
                     source,
@@ -677,7 +827,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
                 )
         except AlreadyConvertedError as exc:
             print(f"precomputed-tif: {exc}", file=sys.stderr)
-            if not quiet:
+            if not quiet and summary:
                 print(f"serve and view it: {_serve_command(dest)}")
             return 0
         except KeyboardInterrupt:
@@ -695,7 +845,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
         except OSError as exc:
             if remote or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
                 raise
-            raise PlanError(describe_os_error(exc, f"--dest {args.dest!r}")) from exc
+            raise PlanError(describe_os_error(exc, f"--dest {dest_arg!r}")) from exc
         finally:
             if not interrupted:
                 signal.signal(signal.SIGINT, previous_handler)
@@ -703,7 +853,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             from ..stores.precomputed import gzip_note
 
             log.info("--gzip: %s", gzip_note(dest))
-        if not quiet:
+        if not quiet and summary:
             print("\n".join(_summary(args, dest, pyramid, source, time.perf_counter() - started)))
         return 0
 

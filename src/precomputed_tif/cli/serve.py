@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.config:
             app = PrecomputedApp(sources=table.current, **common)
-            served = [(s.name, "/" + s.name, s.directory) for s in table.current().values()]
+            served = [
+                (s.name, "/" + s.name, s.directory, s.color) for s in table.current().values()
+            ]
         else:
             source = resolve_source("", args.directory, args.format)
             beside = {}
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 name = os.path.basename(os.path.normpath(folder))
                 beside[name] = resolve_source(name, folder, "raw")
             app = PrecomputedApp(single=source, beside=beside, **common)
-            served = [(os.path.basename(source.directory) or "volume", "", source.directory)]
-            served += [(name, "/" + name, s.directory) for name, s in beside.items()]
+            served = [(os.path.basename(source.directory) or "volume", "", source.directory, None)]
+            served += [(name, "/" + name, s.directory, None) for name, s in beside.items()]
         server = _bind(app, args)
         where = args.config or source.directory
         print(f"Serving {where} at {server.url}", flush=True)
@@ -188,14 +190,14 @@ def _bind(app: Any, args: argparse.Namespace) -> Server:
         raise PrecomputedTifError(f"{where} {reason}") from exc
 
 
-def _link(base_url: str, served: list[tuple[str, str, str]]) -> str:
+def _link(base_url: str, served: list[tuple[str, str, str, str | None]]) -> str:
     from ..errors import StoreError
-    from ..serve.viewer import display_range, viewer_link, viewer_state
+    from ..serve.viewer import Layer, display_range, viewer_link, viewer_state
     from ..stores import open_store
     from ..stores.base import read_info
 
-    layers = []
-    for name, path, directory in served:
+    layers: list[Layer] = []
+    for name, path, directory, color in served:
         try:
             store = open_store(directory)
         except StoreError:
@@ -204,14 +206,14 @@ def _link(base_url: str, served: list[tuple[str, str, str]]) -> str:
             # the folder's own files, as any OME-Zarr reader would fetch them
             url = f"zarr://{base_url}{path}/"
             info = store.pyramid.to_info()
-            layers.append((name, url, info, display_range(directory)))
+            layers.append((name, url, info, display_range(directory), None))
             continue
         try:
             info = read_info(directory)
         except StoreError:
             continue
         is_image = "scales" in info
-        layers.append((name, path, info, display_range(directory) if is_image else None))
+        layers.append((name, path, info, display_range(directory) if is_image else None, color))
     layers.sort(key=lambda layer: "scales" not in layer[2])  # images first, points on top
     if not layers:
         return base_url + "/v/ng/"

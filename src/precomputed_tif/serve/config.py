@@ -1,7 +1,8 @@
 """Which volumes a server offers: one folder, or the named folders of a ``sources.json``.
 
 ``sources.json`` is the original precomputed-tif's: a JSON list of
-``{"name": ..., "directory": ..., "format": ...}`` (format optional here: it is detected), or an
+``{"name": ..., "directory": ..., "format": ...}`` (format optional here: it is detected; an
+optional ``"color"`` of six hex digits shows the volume as a channel of that colour), or an
 object ``{"sources": [...], "options": {"cache_size": "1G", "gzip": false, "cors_origin": "*"}}``
 giving the server settings too. A bad file is an error at start-up; when a running server sees
 the file change and the new content is bad, it logs why and keeps serving the last good list.
@@ -15,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import PrecomputedTifError, StoreError
@@ -27,6 +28,7 @@ from ..stores.ngff import is_ngff
 log = logging.getLogger(__name__)
 
 FORMATS = ("tiff", "zarr", "blockfs", "ngff", "raw")
+HEX = set("0123456789abcdefABCDEF")
 
 
 class ConfigError(PrecomputedTifError, ValueError):
@@ -40,6 +42,7 @@ class Source:
     name: str
     directory: str
     format: str
+    color: str | None = None
 
 
 def resolve_source(name: str, directory: str, format_name: str | None) -> Source:
@@ -193,9 +196,14 @@ def _parse_sources(path: str, entries: list[Any]) -> dict[str, Source]:
         format_name = entry.get("format")
         if format_name is not None and not isinstance(format_name, str):
             raise ConfigError(f'{path}: source {name!r} has a non-string "format"')
+        color = entry.get("color")
+        if color is not None and not (
+            isinstance(color, str) and len(color) == 6 and all(c in HEX for c in color)
+        ):
+            raise ConfigError(f'{path}: source {name!r} has "color" {color!r}; expected RRGGBB')
         if not is_remote(directory):
             directory = os.path.join(base, directory)
-        sources[name] = resolve_source(name, directory, format_name)
+        sources[name] = replace(resolve_source(name, directory, format_name), color=color)
     return sources
 
 

@@ -72,15 +72,32 @@ def index_page(folder: str) -> bytes:
     return (page[:at] + QUIET_EVENTS_SCRIPT + page[at:]).encode("utf-8")
 
 
-Layer = tuple[str, str, dict[str, Any], "tuple[float, float] | None"]
+# name, url path (or full source URL), info, display range, channel colour (RRGGBB) or None
+Layer = tuple[str, str, dict[str, Any], "tuple[float, float] | None", "str | None"]
+
+# one channel of several: its colour times its contrast, added to the others' (additive blending)
+CHANNEL_SHADER = """#uicontrol vec3 color color(default="#{color}")
+#uicontrol invlerp normalized
+void main() {{
+  emitRGB(color * normalized());
+}}
+"""
+# a num_channels 3 volume (RGB sections) shown in its own colours
+RGB_SHADER = """void main() {
+  emitRGB(vec3(toNormalized(getDataValue(0)), toNormalized(getDataValue(1)),
+               toNormalized(getDataValue(2))));
+}
+"""
 
 
 def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> dict[str, Any]:
-    """A viewer state showing each (name, url path or full source URL, info, display range) layer.
+    """A viewer state showing each `Layer`.
 
     The view is centred on the first layer and zoomed so its planes fill a panel; an image's
     display range (its dim and bright ends) sets the contrast, which Neuroglancer would
     otherwise stretch over the whole data type (a 12-bit camera image looks black in uint16).
+    A layer with a colour is a channel: drawn in that colour, added to the others. An RGB
+    volume (``num_channels`` 3) is drawn in its own colours.
     """
     first = layers[0][2]
     scale = first.get("scales", [{}])[0]
@@ -95,7 +112,7 @@ def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> 
         "layers": [],
         "layout": layout,
     }
-    for name, path, info, display_range in layers:
+    for name, path, info, display_range, color in layers:
         kind = "segmentation" if info.get("type") == "segmentation" else "image"
         if info.get("@type") == "neuroglancer_annotations_v1":
             kind = "annotation"
@@ -107,6 +124,13 @@ def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> 
         if kind == "image" and display_range is not None:
             low, high = display_range
             layer["shaderControls"] = {"normalized": {"range": [low, high]}}
+        if kind == "image" and color is not None:
+            layer["shader"] = CHANNEL_SHADER.format(color=color.lower())
+            layer["blend"] = "additive"
+        elif kind == "image" and info.get("num_channels") == 3 and "://" not in path:
+            layer["shader"] = RGB_SHADER
+            layer["channelDimensions"] = {"c^": [1, ""]}  # the shader sees all three values
+            layer.pop("shaderControls", None)
         state["layers"].append(layer)
     return state
 

@@ -67,15 +67,18 @@ def read_info(path: str) -> dict[str, Any]:
 WINDOW_SAMPLE = 128  # voxels per axis of the coarsest level a display window looks at
 
 
-def display_window(store: ChunkStore) -> tuple[float, float] | None:
+def display_window(store: ChunkStore, *, channel: int | None = None) -> tuple[float, float] | None:
     """The 0.5 and 99.5 percentiles of the coarsest level (a central block of it when large):
     a display range that shows a 12-bit camera image in uint16, or None when there is no data.
+    `channel` picks one channel of a volume of several (default: all together).
     """
     level = store.pyramid.n_levels
     size = store.pyramid.scale(level).size
     start = tuple(max(0, (s - WINDOW_SAMPLE) // 2) for s in size)
     stop = tuple(min(s, a + WINDOW_SAMPLE) for a, s in zip(start, size))
     data = store.read_region(level, Box(start, stop))  # type: ignore[arg-type]
+    if channel is not None and data.ndim == 4:
+        data = data[..., channel]
     if data.size == 0:
         return None
     low, high = (float(v) for v in np.percentile(data, [0.5, 99.5]))

@@ -1,12 +1,14 @@
 """``--format ngff``: an OME-Zarr image, 0.4 on zarr v2, or 0.5 on zarr v3 with shards.
 
 We write one 5-D array ``(t, c, z, y, x)`` per level at ``0``, ``1``, ... (the original NGFF
-layout, so a channel axis can grow later) in Blosc-zstd chunks of the chunk size, every chunk
+layout; ``c`` holds the pyramid's channels, one per chunk so a viewer loads each channel on its
+own, and ``omero`` names and colours them) in Blosc-zstd chunks of the chunk size, every chunk
 stored (all-zero ones too: a missing chunk then means a lost one, which ``--verify`` reports),
 and the group metadata last, so an interrupted run is no image yet. With shards
 (`Scale.shard_size`) one task assembles a whole shard and writes it once. Reading takes anyone's
 OME-Zarr 0.1-0.5 through `_zarr.ZarrArray`: the space axes are the volume, every other axis is
-read at index 0, and a chunk never written reads as the fill value.
+read at index 0 (a ``c`` axis: every index, as the volume's channels), and a chunk never
+written reads as the fill value.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..encodings import encode_chunk as encode_raw
 from ..errors import StoreError
 from ..geometry import Box
 from ..locations import Location, open_location
@@ -84,12 +87,13 @@ class NgffStore(ChunkStore):
     layout, derived from the pyramid, as a writer uses it)."""
 
     image: OmeImage | None = None
+    channel_names: tuple[str, ...] = ()
 
     format_name = "ngff"
     remote_ok = True
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.pyramid, self.image))
+        return (type(self), (self.path, self.pyramid, self.image, self.channel_names))
 
     @classmethod
     def open(cls, path: str) -> NgffStore:
@@ -141,20 +145,28 @@ class NgffStore(ChunkStore):
     def _space(self) -> tuple[int | None, int, int]:
         return self.image.space if self.image is not None else (2, 3, 4)
 
-    def _index(self, level: int, box: Box) -> tuple[int, ...]:
-        """The n-D chunk position holding `box`; other axes than space at 0."""
+    def _channel_axis(self) -> int | None:
+        if self.image is None:
+            return AXES.index("c")
+        return self.image.axes.index("c") if "c" in self.image.axes else None
+
+    def _index(self, level: int, box: Box, channel: int = 0) -> tuple[int, ...]:
+        """The n-D chunk position holding `box` (and `channel`); other axes at 0."""
         chunk = self.pyramid.scale(level).chunk_size
         ndim = len(self.image.axes) if self.image is not None else len(AXES)
         index = [0] * ndim
         for position, start, size in zip(self._space(), reversed(box.start), reversed(chunk)):
             if position is not None:
                 index[position] = start // size
+        c_axis = self._channel_axis()
+        if channel and c_axis is not None:
+            index[c_axis] = channel // self.array(level).chunks[c_axis]
         return tuple(index)
 
     # --- writing (our layout only) ----------------------------------------------------------
     def _array_json(self, level: int) -> dict[str, Any]:
         scale = self.pyramid.scale(level)
-        shape = (1, 1, *reversed(scale.size))
+        shape = (1, self.pyramid.num_channels, *reversed(scale.size))
         chunks = (1, 1, *reversed(scale.chunk_size))
         dtype = self.pyramid.dtype
         if scale.shard_size is None:
@@ -183,15 +195,20 @@ class NgffStore(ChunkStore):
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
         if self.sharded:
             raise StoreError("a sharded level is written a shard at a time (task_writer)")
-        index = "/".join(map(str, self._index(level, box)))
-        encoded = encode_chunk(self.full_chunk(level, data))
-        self.files.write(f"{self.dataset_path(level)}/{index}", encoded)
+        for channel, plane in enumerate(_channels_of(data)):
+            index = "/".join(map(str, self._index(level, box, channel)))
+            encoded = encode_chunk(self.full_chunk(level, plane))
+            self.files.write(f"{self.dataset_path(level)}/{index}", encoded)
 
     def write_info(self) -> None:
         """The group metadata, last of all: until it exists the folder is no image."""
         name = group_name(self.path)
-        window = None if self.pyramid.is_segmentation else display_window(self)
-        attributes = group_attributes(self.pyramid, name, self.version, window)
+        windows = None if self.pyramid.is_segmentation else channel_windows(self)
+        labels = self.channel_names or tuple(
+            name if self.pyramid.num_channels == 1 else f"c{c}"
+            for c in range(self.pyramid.num_channels)
+        )
+        attributes = group_attributes(self.pyramid, name, self.version, windows, labels)
         if self.version == "0.5":
             group = {"zarr_format": 3, "node_type": "group", "attributes": attributes}
             self.files.write(ZARR_JSON, _json_bytes(group))
@@ -201,10 +218,23 @@ class NgffStore(ChunkStore):
 
     # --- reading ----------------------------------------------------------------------------
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
+        channels = self.pyramid.num_channels
+        if channels > 1:
+            parts = [self._read_channel(level, box, c) for c in range(channels)]
+            if all(p is None for p in parts):
+                return None
+            fill = np.zeros(box.numpy_shape, self.pyramid.dtype)
+            return np.stack([fill if p is None else p for p in parts], axis=3)
+        return self._read_channel(level, box, 0)
+
+    def _read_channel(self, level: int, box: Box, channel: int) -> np.ndarray | None:
         array = self.array(level)
-        data = array.read_chunk(self._index(level, box))
+        data = array.read_chunk(self._index(level, box, channel))
         if data is None:
             return None
+        c_axis = self._channel_axis()
+        if c_axis is not None and data.shape[c_axis] > 1:  # chunks holding several channels
+            data = np.take(data, [channel % array.chunks[c_axis]], axis=c_axis)
         zyx = self._select_space(data)
         sz, sy, sx = box.numpy_shape
         return zyx[:sz, :sy, :sx].astype(self.pyramid.dtype, copy=False)
@@ -220,8 +250,11 @@ class NgffStore(ChunkStore):
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
         """The stamp of the chunk's file (or shard); a chunk never written reads as fill."""
-        key = self.array(level).chunk_key(self._index(level, box))
-        stamp = self.files.stamp(key)
+        stamps = [
+            self.files.stamp(self.array(level).chunk_key(self._index(level, box, c)))
+            for c in range(self.pyramid.num_channels)
+        ]
+        stamp = None if stamps[0] is None else tuple(v for s in stamps for v in (s or (-1,)))
         if stamp is None:
             stamp = self.files.stamp(f"{self.dataset_path(level)}/{ZARRAY}") or self.files.stamp(
                 f"{self.dataset_path(level)}/{ZARR_JSON}"
@@ -233,9 +266,11 @@ class NgffStore(ChunkStore):
         data = self.read_chunk(level, box)
         if data is None:
             fill = self.array(level).fill_value
-            data = np.full(box.numpy_shape, fill if isinstance(fill, (int, float)) else 0)
+            channels = self.pyramid.num_channels
+            shape = box.numpy_shape + ((channels,) if channels > 1 else ())
+            data = np.full(shape, fill if isinstance(fill, (int, float)) else 0)
             data = data.astype(self.pyramid.dtype)
-        return np.ascontiguousarray(data, data.dtype.newbyteorder("<")).tobytes()
+        return encode_raw(data, "raw")
 
 
 class _ShardWriter(TaskWriter):
@@ -244,7 +279,7 @@ class _ShardWriter(TaskWriter):
     def __init__(self, store: NgffStore, level: int) -> None:
         super().__init__(store, level)
         self.ngff = store
-        self.blobs: dict[tuple[int, ...], bytes] = {}
+        self.blobs: dict[int, dict[tuple[int, ...], bytes]] = {}
         self.shard: tuple[int, ...] | None = None
 
     def write_chunk(self, box: Box, data: np.ndarray) -> None:
@@ -257,7 +292,9 @@ class _ShardWriter(TaskWriter):
             raise StoreError(f"a task of level {self.level} spans shards {self.shard}, {shard}")
         self.shard = shard
         x, y, z = (g % p for g, p in zip(grid, per))
-        self.blobs[(0, 0, z, y, x)] = encode_chunk(self.ngff.full_chunk(self.level, data))
+        for channel, plane in enumerate(_channels_of(data)):
+            encoded = encode_chunk(self.ngff.full_chunk(self.level, plane))
+            self.blobs.setdefault(channel, {})[(0, 0, z, y, x)] = encoded
 
     def close(self) -> None:
         if self.shard is None:
@@ -266,8 +303,24 @@ class _ShardWriter(TaskWriter):
         assert scale.shard_size is not None
         per = tuple(s // c for s, c in zip(scale.shard_size, scale.chunk_size))
         sx, sy, sz = self.shard
-        name = f"{self.ngff.dataset_path(self.level)}/c/0/0/{sz}/{sy}/{sx}"
-        self.ngff.files.write(name, assemble_shard((1, 1, *reversed(per)), self.blobs))
+        for channel, blobs in self.blobs.items():
+            name = f"{self.ngff.dataset_path(self.level)}/c/0/{channel}/{sz}/{sy}/{sx}"
+            self.ngff.files.write(name, assemble_shard((1, 1, *reversed(per)), blobs))
+
+
+def _channels_of(data: np.ndarray) -> list[np.ndarray]:
+    """The (z, y, x) arrays of each channel of (z, y, x) or (z, y, x, c) data."""
+    return [data] if data.ndim == 3 else [data[..., c] for c in range(data.shape[3])]
+
+
+def channel_windows(store: ChunkStore) -> list[tuple[float, float]] | None:
+    """`display_window` of each channel (one window for a one-channel volume)."""
+    channels = store.pyramid.num_channels
+    if channels == 1:
+        window = display_window(store)
+        return None if window is None else [window]
+    windows = [display_window(store, channel=c) for c in range(channels)]
+    return None if any(w is None for w in windows) else windows  # type: ignore[return-value]
 
 
 # --- reading others' metadata ----------------------------------------------------------------
@@ -310,10 +363,12 @@ def _pyramid_of(
                 resolution_nm=tuple(float(r) for r in resolution),  # type: ignore[arg-type]
             )
         )
+    channels = arrays[0].shape[image.axes.index("c")] if "c" in image.axes else 1
     return Pyramid(
         data_type=dtypes.pop(),
         scales=tuple(scales),
         volume_type="segmentation" if image.is_label else "image",
+        num_channels=int(channels),
     )
 
 
