@@ -214,22 +214,29 @@ def test_slow_clients_time_out_and_normal_requests_are_served(volume_dir):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def _chromium(profile: str) -> list[str]:
+    """Headless Chromium as it renders Neuroglancer here (software WebGL, no network chatter)."""
+    return [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--use-gl=angle",
+        "--use-angle=swiftshader",
+        "--enable-unsafe-swiftshader",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        f"--user-data-dir={profile}",
+        "--window-size=1000,800",
+    ]
+
+
 def _screenshot(url: str, out: str, profile: str) -> None:
     subprocess.run(
         [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--use-gl=angle",
-            "--use-angle=swiftshader",
-            "--enable-unsafe-swiftshader",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-quic",
-            f"--user-data-dir={profile}",
-            "--window-size=1000,800",
+            *_chromium(profile),
             "--virtual-time-budget=20000",
             f"--screenshot={out}",
             url,
@@ -448,19 +455,7 @@ def test_viewer_shows_a_sharded_volume_served_by_nginx(tmp_path):
 def _dump_dom(url: str, profile: str) -> str:
     result = subprocess.run(
         [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--use-gl=angle",
-            "--use-angle=swiftshader",
-            "--enable-unsafe-swiftshader",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-quic",
-            f"--user-data-dir={profile}",
-            "--window-size=1000,800",
+            *_chromium(profile),
             "--virtual-time-budget=10000",
             "--dump-dom",
             url,

@@ -55,12 +55,12 @@ def write_atomically(path: str, data: bytes | memoryview, tmp_dir: str | None = 
     folder = tmp_dir or os.path.dirname(path) or "."
     name = os.path.basename(path)
     try:
-        fd, tmp = _create_temporary(folder, name)
+        fd, tmp = create_temporary(folder, name)
     except FileNotFoundError:
         if tmp_dir is None:
             raise
         os.makedirs(tmp_dir, exist_ok=True)
-        fd, tmp = _create_temporary(folder, name)
+        fd, tmp = create_temporary(folder, name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -71,7 +71,7 @@ def write_atomically(path: str, data: bytes | memoryview, tmp_dir: str | None = 
         raise
 
 
-def _create_temporary(folder: str, name: str) -> tuple[int, str]:
+def create_temporary(folder: str, name: str) -> tuple[int, str]:
     """A new hidden file beside `name`, open for writing, mode 0666 less the umask."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import struct
-import tempfile
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from ..compression import blosc_encode
 from ..encodings import blosc_frame_is_whole
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
-from ..locations import write_atomically
+from ..locations import create_temporary, write_atomically
 from .base import STATE_DIR, ChunkStore, TaskWriter
 
 MAGIC = b"BlockFS\0"
@@ -284,9 +283,7 @@ class _PartWriter(TaskWriter):
         self.store_: BlockfsStore = store
         self.path = store.part_path(level, task_index)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(
-            dir=os.path.dirname(self.path), prefix=".tmp-", suffix="-" + os.path.basename(self.path)
-        )
+        fd, self.tmp = create_temporary(os.path.dirname(self.path), os.path.basename(self.path))
         self.file = os.fdopen(fd, "wb")
         self.digest = hashlib.sha256()
         self.entries: list[tuple[int, int, int, int]] = []
@@ -523,7 +520,8 @@ class BlockfsStore(ChunkStore):
             else parse_directory(self.directory_path(level))
         )
         os.makedirs(self.tmp_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=".tmp-", suffix="-repair")
+        # the rebuilt block file replaces the served one: it gets the umask's modes, not 0600
+        fd, tmp = create_temporary(self.tmp_dir, "repair")
         try:
             with os.fdopen(fd, "wb") as out:
                 for index, box in enumerate(task_boxes):
