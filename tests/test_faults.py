@@ -434,6 +434,8 @@ def test_an_object_store_lost_mid_run_is_one_line(tmp_path):
         server.stop()
     result = finish(process)
     assert_one_line_error(result, RESUME_HINT)
+    # nothing else: no leftover asyncio traceback, no leaked-semaphore warning from a worker
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_volume_verify_with_the_planes_finds_chunks_that_decode_but_are_wrong(tmp_path):

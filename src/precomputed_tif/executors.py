@@ -7,9 +7,11 @@ Anything implementing `concurrent.futures.Executor` works (a Dask cluster's
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -52,11 +54,37 @@ def process_pool(n_workers: int) -> ProcessPoolExecutor:
         )
     else:
         context = multiprocessing.get_context("spawn")
-    return _StoppablePool(max_workers=n_workers, mp_context=context, initializer=_ignore_sigint)
+    return _StoppablePool(max_workers=n_workers, mp_context=context, initializer=_start_worker)
 
 
-def _ignore_sigint() -> None:
+def _start_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_async_leftovers()
+    _blosc_lock_for_this_process_only()
+
+
+def _blosc_lock_for_this_process_only() -> None:
+    """Give numcodecs' Blosc a thread lock instead of the named semaphore it makes lazily.
+
+    Its lock guards Blosc's global state, which is per process; a named semaphore outlives a
+    worker stopped on an error and makes the resource tracker print a "leaked semaphore"
+    warning under our one-line error. (numcodecs' own module attributes, checked first.)
+    """
+    import numcodecs.blosc
+
+    if getattr(numcodecs.blosc, "_MUTEX_IS_INIT", True) is False:
+        numcodecs.blosc._MUTEX = threading.Lock()  # type: ignore[attr-defined]
+        numcodecs.blosc._MUTEX_IS_INIT = True  # type: ignore[attr-defined]
+
+
+def quiet_async_leftovers() -> None:
+    """Keep asyncio's "Task exception was never retrieved" tracebacks off the terminal.
+
+    When an object store goes away, fsspec's HTTP client leaves background tasks that fail
+    after the request that needed them has already raised; that request's error is the one
+    we report (with the resume hint), and the leftover traceback would only bury it.
+    """
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 class _StoppablePool(ProcessPoolExecutor):

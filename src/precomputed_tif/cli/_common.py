@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..errors import PrecomputedTifError
+from ..executors import quiet_async_leftovers
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -110,6 +111,8 @@ def setup_logging(level: str) -> None:
     quiet = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(quiet)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        quiet_async_leftovers()
     # distributed sets its own level when imported, in this process and in every worker it
     # starts; its configuration is read from the environment, which the workers inherit
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(quiet).lower())
