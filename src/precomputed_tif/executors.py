@@ -73,8 +73,8 @@ def _blosc_lock_for_this_process_only() -> None:
     import numcodecs.blosc
 
     if getattr(numcodecs.blosc, "_MUTEX_IS_INIT", True) is False:
-        numcodecs.blosc._MUTEX = threading.Lock()  # type: ignore[attr-defined]
-        numcodecs.blosc._MUTEX_IS_INIT = True  # type: ignore[attr-defined]
+        numcodecs.blosc._MUTEX = threading.Lock()
+        numcodecs.blosc._MUTEX_IS_INIT = True
 
 
 def quiet_async_leftovers() -> None:
