@@ -11,6 +11,7 @@ CPU ms per request (the server's process tree) is the steadiest figure when the 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import random
@@ -27,12 +28,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
 GUNICORN_ARGS = ["-k", "gthread", "-w", "1", "--threads", "8"]  # best of 1x8, 2x4, sync x2 here
+# Rust HTTP (hyper/tokio) in front of the same WSGI app; one worker process, 8 app threads
+GRANIAN_ARGS = ["--interface", "wsgi", "--host", "127.0.0.1", "--workers", "1"]
+GRANIAN_ARGS += ["--blocking-threads", "8", "--log-level", "warning"]
 
 
 @dataclass
 class MatrixRow:
     name: str
-    server: str  # nginx, ours, gunicorn, apache
+    server: str  # nginx, ours, gunicorn, granian, apache
     volume: str  # raw, shard, blockfs, zarr, tiff
     cold: bool = False
     runs: list[dict[str, Any]] = field(default_factory=list)  # one per (round, concurrency)
@@ -58,6 +62,9 @@ def matrix_rows(only: list[str] | None) -> list[MatrixRow]:
         MatrixRow("gunicorn-raw", "gunicorn", "raw"),
         MatrixRow("gunicorn-shard", "gunicorn", "shard"),
         MatrixRow("gunicorn-blockfs-warm", "gunicorn", "blockfs"),
+        MatrixRow("granian-raw", "granian", "raw"),
+        MatrixRow("granian-shard", "granian", "shard"),
+        MatrixRow("granian-blockfs-warm", "granian", "blockfs"),
         MatrixRow("apache-raw", "apache", "raw"),
         MatrixRow("apache-blockfs-warm", "apache", "blockfs"),
     ]
@@ -183,6 +190,8 @@ def run_matrix(
             is None
         ):
             row.skip = "gunicorn not installed (pip install gunicorn)"
+        elif row.server == "granian" and importlib.util.find_spec("granian") is None:
+            row.skip = "granian not installed (pip install granian)"
         elif row.server == "apache" and not Path("/usr/lib/apache2/modules/mod_wsgi.so").exists():
             row.skip = "apache2 + libapache2-mod-wsgi-py3 not installed"
     print(f"interleaved rounds: {a.rounds} x {len(rows)} rows x wrk c{concurrencies}", flush=True)
@@ -259,6 +268,14 @@ def _run_row(
         prefix = "/" + row.volume
         app = f'precomputed_tif.wsgi_webserver:make_app("{sources}")'
         argv = [sys.executable, "-m", "gunicorn", *GUNICORN_ARGS, "-b", f"127.0.0.1:{port}", app]
+    elif row.server == "granian":
+        prefix = "/" + row.volume
+        (scratch / "granian_app.py").write_text(
+            "from precomputed_tif.wsgi_webserver import make_app\n"
+            f"app = make_app({str(sources)!r})\n"
+        )
+        argv = [sys.executable, "-m", "granian", *GRANIAN_ARGS, "--port", str(port)]
+        argv += ["--working-dir", str(scratch), "granian_app:app"]
     else:
         prefix = "/" + row.volume
         cm = _apache(sources, scratch)
@@ -275,7 +292,7 @@ def _run_row(
             if proc is not None:
                 err = (
                     wait_ready(base, proc)
-                    if row.server != "gunicorn"
+                    if row.server not in ("gunicorn", "granian")
                     else _wait(base + prefix + "/info")
                 )
                 if err:

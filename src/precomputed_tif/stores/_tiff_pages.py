@@ -98,6 +98,12 @@ def read_pages(path: str, shape: tuple[int, int, int], dtype: np.dtype) -> bytes
 
     Raises FileNotFoundError when the file is missing, StoreError when a strip is damaged.
     """
+    out = inflate_pages(path, shape, dtype)
+    return None if out is None else bytes(out)
+
+
+def inflate_pages(path: str, shape: tuple[int, int, int], dtype: np.dtype) -> bytearray | None:
+    """`read_pages` into a new buffer the caller owns."""
     with open(path, "rb") as f:
         stat = os.fstat(f.fileno())
         data = f.read()
@@ -112,14 +118,16 @@ def read_pages(path: str, shape: tuple[int, int, int], dtype: np.dtype) -> bytes
 
     page = shape[1] * shape[2] * dtype.itemsize
     out = bytearray(page * shape[0])
-    view = memoryview(out)
+    view, source = memoryview(out), memoryview(data)
     for i, (offset, size) in enumerate(strips):
         try:
+            strip = source[offset : offset + size]  # a view: any buffer decodes, no copy
             got = imagecodecs.deflate_decode(
-                data[offset : offset + size], out=view[i * page : (i + 1) * page]
+                strip,  # type: ignore[arg-type]  # the stubs name bytes, bytearray and mmap
+                out=view[i * page : (i + 1) * page],
             )
         except Exception as exc:  # imagecodecs.DeflateError: no stable base class to name
             raise StoreError(f"chunk file {path!r} is damaged: page {i}: {exc}") from exc
         if len(got) != page or offset + size > len(data):
             raise StoreError(f"chunk file {path!r} is damaged: page {i} is short")
-    return bytes(out)
+    return out

@@ -2,22 +2,22 @@
 
 Pages run along z, each page is (y, x) in one strip, as the original precomputed-tif writes them.
 Any deflate level reads the same: the strips are encoded by `compression` (ISA-L when installed,
-faster than zlib at its level 1; see benchmarks/bench_codecs.py) and handed to tifffile encoded.
-The server reads them back through `_tiff_pages`, which skips tifffile's per-file overhead.
+faster than zlib at its level 1; see benchmarks/bench_codecs.py) and laid out by `_tiff_writer`
+(tifffile's general writer costs more than the deflating). Chunks are read back, by the next
+level and by the server, through `_tiff_pages`; tifffile reads any file of another layout.
 """
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 
-from ..compression import zlib_compress
 from ..errors import StoreError
 from ..geometry import Box
 from ..locations import file_stamp, write_atomically
-from ._tiff_pages import read_pages
+from ._tiff_pages import inflate_pages, read_pages
+from ._tiff_writer import encode_tiff_chunk
 from .base import ChunkStore
 
 
@@ -28,25 +28,7 @@ class TiffStore(ChunkStore):
         return os.path.join(self.level_path(level), box.chunk_name + ".tiff")
 
     def write_chunk(self, level: int, box: Box, data: np.ndarray) -> None:
-        import tifffile
-
-        little = np.ascontiguousarray(data, data.dtype.newbyteorder("<"))
-        buffer = io.BytesIO()
-        if little.shape[2] == 1:
-            # tifffile takes a last axis of 1 for samples and makes one (z, y) page: its own
-            # encoder then, for these rare one-voxel-wide edge chunks
-            tifffile.imwrite(buffer, little, compression="zlib", photometric="minisblack")
-        else:
-            tifffile.imwrite(
-                buffer,
-                (zlib_compress(plane) for plane in little),  # a page is one encoded strip
-                shape=little.shape,
-                dtype=little.dtype,
-                byteorder="<",
-                compression="zlib",
-                photometric="minisblack",
-            )
-        write_atomically(self.chunk_path(level, box), buffer.getbuffer(), self.tmp_dir)
+        write_atomically(self.chunk_path(level, box), encode_tiff_chunk(data), self.tmp_dir)
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
         return file_stamp(self.chunk_path(level, box))
@@ -65,6 +47,19 @@ class TiffStore(ChunkStore):
         return super().read_chunk_bytes(level, box)
 
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
+        if self.pyramid.num_channels == 1:
+            dtype = self.pyramid.dtype.newbyteorder("<")
+            try:
+                raw = inflate_pages(self.chunk_path(level, box), box.numpy_shape, dtype)
+            except FileNotFoundError:
+                return None
+            if raw is not None:  # a bytearray: the array is writable, as tifffile's are
+                voxels = np.frombuffer(raw, dtype).reshape(box.numpy_shape)
+                return voxels.astype(self.pyramid.dtype, copy=False)
+        return self._read_with_tifffile(level, box)
+
+    def _read_with_tifffile(self, level: int, box: Box) -> np.ndarray | None:
+        """Any TIFF layout (several channels, the original's files of another shape)."""
         import tifffile
 
         path = self.chunk_path(level, box)
