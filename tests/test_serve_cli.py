@@ -150,16 +150,20 @@ def test_sources_file_options_reach_the_cli_server(tmp_path, volume_dir):
         assert server.get(chunk)[1]["access-control-allow-origin"] == "*"
 
 
-def test_slow_clients_time_out_and_normal_requests_are_served(volume_dir):
+@pytest.mark.parametrize("server_name", ["waitress", "granian"])
+def test_slow_clients_time_out_and_normal_requests_are_served(volume_dir, server_name):
     """Slow-loris: 300 clients each sending a header byte every 0.3 s, reconnecting when cut
     off, against a limit of 100 connections; plain requests must all be answered meanwhile."""
     import selectors
     import socket
     import threading
 
+    if server_name == "granian":
+        pytest.importorskip("granian")
     with RunningServer(
-        "-d", volume_dir, "--timeout", "2", "--connection-limit", "100", log="WARNING"
-    ) as server:
+        "-d", volume_dir, "--timeout", "2", "--connection-limit", "100", "--server", server_name,
+        log="WARNING",
+    ) as server:  # fmt: skip
         stop = threading.Event()
         cut_off = [0]
 

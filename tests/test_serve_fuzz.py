@@ -213,12 +213,17 @@ def _exchange(port: int, request: bytes) -> bytes:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["folder", "sources"])
-def test_fuzzed_requests_never_get_a_5xx_or_a_byte_from_outside(planted, mode):
+@pytest.mark.parametrize(
+    "mode, server_name", [("folder", "waitress"), ("sources", "waitress"), ("sources", "granian")]
+)
+def test_fuzzed_requests_never_get_a_5xx_or_a_byte_from_outside(planted, mode, server_name):
+    if server_name == "granian":
+        pytest.importorskip("granian")
     root, served, sources = planted
     args = (
         ["-d", str(served), "--format", "raw"] if mode == "folder" else ["--config", str(sources)]
     )
+    args += ["--server", server_name]
     rng = random.Random(f"fuzz-{mode}")
     with RunningServer(*args, "--timeout", "2", log="WARNING") as server:
         statuses: dict[int, int] = {}

@@ -295,6 +295,9 @@ class PrecomputedApp:
                 handle.seek(body.offset)
                 return wrapper(handle, 1 << 18)
             handle.close()
+        elif body.location is None and body.length <= WHOLE_READ_BYTES:
+            # no file wrapper (granian): one read and one body part, not a generator of blocks
+            return _whole_region(body)
         return _file_blocks(body)
 
 
@@ -378,6 +381,19 @@ def _pieces(body: Pieces) -> Iterator[bytes]:
             yield part
         else:
             yield from _file_blocks(part)
+
+
+# a chunk or a shard's range read at once when the server has no file wrapper
+WHOLE_READ_BYTES = 8 << 20
+
+
+def _whole_region(region: FileRegion) -> list[bytes]:
+    try:
+        with open(region.path, "rb") as f:
+            f.seek(region.offset)
+            return [f.read(region.length)]
+    except OSError:
+        return []  # gone since its headers were sent: the client sees a short body
 
 
 def _file_blocks(region: FileRegion, block: int = 1 << 18) -> Iterator[bytes]:

@@ -79,7 +79,10 @@ class Server:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve until interrupted; `ready` is called first (the socket is already listening)."""
+        if ready is not None:
+            ready()
         self._server.run()
 
     def close(self) -> None:
