@@ -28,9 +28,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
 GUNICORN_ARGS = ["-k", "gthread", "-w", "1", "--threads", "8"]  # best of 1x8, 2x4, sync x2 here
-# Rust HTTP (hyper/tokio) in front of the same WSGI app; one worker process, 8 app threads
-GRANIAN_ARGS = ["--interface", "wsgi", "--host", "127.0.0.1", "--workers", "1"]
-GRANIAN_ARGS += ["--blocking-threads", "8", "--log-level", "warning"]
 
 
 @dataclass
@@ -65,6 +62,11 @@ def matrix_rows(only: list[str] | None) -> list[MatrixRow]:
         MatrixRow("granian-raw", "granian", "raw"),
         MatrixRow("granian-shard", "granian", "shard"),
         MatrixRow("granian-blockfs-warm", "granian", "blockfs"),
+        MatrixRow("granian-blockfs-cold", "granian", "blockfs", cold=True),
+        MatrixRow("granian-zarr-warm", "granian", "zarr"),
+        MatrixRow("granian-zarr-cold", "granian", "zarr", cold=True),
+        MatrixRow("granian-tiff-warm", "granian", "tiff"),
+        MatrixRow("granian-tiff-cold", "granian", "tiff", cold=True),
         MatrixRow("apache-raw", "apache", "raw"),
         MatrixRow("apache-blockfs-warm", "apache", "blockfs"),
     ]
@@ -254,13 +256,15 @@ def _run_row(
         (prefix_dir / "nginx.conf").write_text(conf.replace("@PORT@", str(port)))
         argv = [nginx, "-p", f"{prefix_dir}/", "-c", str(prefix_dir / "nginx.conf")]
         argv += ["-e", str(prefix_dir / "error.log"), "-g", "daemon off;"]
-    elif row.server == "ours":
+    elif row.server in ("ours", "granian"):  # the CLI, on its waitress or its granian server
         argv = [ours_server, "-d", str(folder), "-a", "127.0.0.1", "-p", str(port)]
         argv += [
             "--log",
             "WARNING",
             "--format",
             "raw" if row.volume in ("raw", "shard") else row.volume,
+            "--server",
+            "granian" if row.server == "granian" else "waitress",
         ]
         if row.cold:
             argv += ["--cache-size", "0"]
@@ -268,14 +272,6 @@ def _run_row(
         prefix = "/" + row.volume
         app = f'precomputed_tif.wsgi_webserver:make_app("{sources}")'
         argv = [sys.executable, "-m", "gunicorn", *GUNICORN_ARGS, "-b", f"127.0.0.1:{port}", app]
-    elif row.server == "granian":
-        prefix = "/" + row.volume
-        (scratch / "granian_app.py").write_text(
-            "from precomputed_tif.wsgi_webserver import make_app\n"
-            f"app = make_app({str(sources)!r})\n"
-        )
-        argv = [sys.executable, "-m", "granian", *GRANIAN_ARGS, "--port", str(port)]
-        argv += ["--working-dir", str(scratch), "granian_app:app"]
     else:
         prefix = "/" + row.volume
         cm = _apache(sources, scratch)
@@ -292,7 +288,7 @@ def _run_row(
             if proc is not None:
                 err = (
                     wait_ready(base, proc)
-                    if row.server not in ("gunicorn", "granian")
+                    if row.server != "gunicorn"
                     else _wait(base + prefix + "/info")
                 )
                 if err:

@@ -36,7 +36,9 @@ class RunningServer:
         )
         line = self.process.stdout.readline()
         match = re.search(r"at http://127\.0\.0\.1:(\d+)", line)
-        assert match, line + self.process.stderr.read()
+        if not match:
+            stderr = self.stop()  # a server still running would never close its stderr
+            raise AssertionError(f"no URL line: {line!r}; stderr: {stderr}")
         self.port = int(match.group(1))
         self.url = f"http://127.0.0.1:{self.port}"
         self.viewer_line = self.process.stdout.readline() if "--viewer" in args else ""

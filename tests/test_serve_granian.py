@@ -1,6 +1,7 @@
-"""``--server granian`` answers every request as the default waitress server does: same app,
-another HTTP server. Compared request by request (status, body and the headers a viewer acts
-on) over decoded chunks, plain files, byte ranges, conditional and hostile requests."""
+"""granian (the CLI's server where installed) answers every request as waitress (the pure-Python
+fallback) does: same app, another HTTP server. Compared request by request (status, body and
+the headers a viewer acts on) over decoded chunks, plain files, byte ranges, conditional and
+hostile requests."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def _answers(server: RunningServer) -> list[tuple[int, dict[str, str], bytes]]:
 
 def test_granian_answers_as_waitress_does(folders):
     volume, sources = folders
-    with RunningServer("--config", str(sources), log="WARNING") as waitress:
+    with RunningServer("--config", str(sources), "--server", "waitress", log="WARNING") as waitress:
         expected = _answers(waitress)
     with RunningServer("--config", str(sources), "--server", "granian", log="WARNING") as granian:
         got = _answers(granian)
@@ -94,9 +95,23 @@ def test_granian_chunks_are_the_volume_s_voxels(folders):
     assert body == np.ascontiguousarray(STACK[16:24, 0:16, 16:32]).astype("<u2").tobytes()
 
 
-def test_granian_without_granian_installed_is_a_one_line_error(monkeypatch, folders):
+def test_granian_without_granian_installed_is_a_one_line_error(monkeypatch, folders, capsys):
     from precomputed_tif.cli import serve
 
     monkeypatch.setattr("precomputed_tif.serve.granian_server.granian_installed", lambda: False)
     volume, _ = folders
     assert serve.main(["-d", volume, "--server", "granian", "-p", "0"]) == 2
+    assert capsys.readouterr().err.count("error:") == 1
+
+
+def test_the_default_server_is_granian_where_installed(folders):
+    volume, _ = folders
+    import psutil
+
+    with RunningServer("-d", volume, log="WARNING") as server:
+        status = server.get("/info")[0]
+        # granian answers from a worker process it starts; waitress from the process itself
+        workers = [w.name() for w in psutil.Process(server.process.pid).children(recursive=True)]
+        stderr = server.stop()
+    assert status == 200 and any("python" in name.lower() for name in workers), workers
+    assert "Traceback" not in stderr

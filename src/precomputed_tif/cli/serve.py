@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         type=int,
-        default=max(4, 2 * (os.cpu_count() or 1)),
-        help="worker threads (default: twice the cores, at least 4)",
+        default=None,
+        help="threads running requests (default: twice the cores, at least 8 with granian and 4 "
+        "with waitress)",
     )
     parser.add_argument(
         "--cache-size",
@@ -89,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--server",
-        choices=["waitress", "granian"],
-        default="waitress",
-        help="the HTTP server: waitress (default, pure Python) or granian (HTTP in Rust, 2-3x "
-        "the requests per CPU second; needs the [granian] extra)",
+        choices=["auto", "granian", "waitress"],
+        default="auto",
+        help="the HTTP server: granian (HTTP in Rust, 2-3x waitress's requests per CPU second) "
+        "where it is installed, else waitress (pure Python); default auto",
     )
     parser.add_argument(
         "--viewer",
@@ -156,14 +157,18 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         from ..errors import PrecomputedTifError
+        from ..serve.granian_server import granian_installed
 
-        if args.server == "granian":
-            from ..serve.granian_server import granian_installed
-
-            if not granian_installed():
-                raise PrecomputedTifError(
-                    "--server granian needs granian: pip install 'precomputed-tif[granian]'"
-                )
+        if args.server == "auto":
+            args.server = "granian" if granian_installed() else "waitress"
+        elif args.server == "granian" and not granian_installed():
+            raise PrecomputedTifError(
+                "--server granian needs granian: pip install granian (or --server waitress)"
+            )
+        if args.threads is None:
+            # granian's threads only run the app (Rust reads and writes the sockets): more of
+            # them keep the cores busy while others wait on files (benchmarks/README.md)
+            args.threads = max(8 if args.server == "granian" else 4, 2 * (os.cpu_count() or 1))
         built = build_app(args)  # here too for granian: a bad folder is refused before binding
         server = _bind(built.app, args, argv)
 

@@ -1,12 +1,12 @@
 """Running the WSGI app on granian: HTTP in Rust (hyper and tokio), the app in Python threads.
 
-``precomputed-webserver --server granian`` (with the ``[granian]`` extra). Measured against
-nginx on the same volume (benchmarks/README.md, "Every serving path"), granian answers 2-3x the
-requests of waitress for the same CPU: decoded chunks from the cache at about 0.75x nginx
-where waitress reaches 0.3x. waitress stays the default: pure Python, nothing to compile on any
-platform, and its slow-client handling is tested here with hundreds of connections; granian has
-wheels for Linux, macOS and Windows and closes connections whose request headers take longer
-than ``--timeout`` (at most 60 s), as nginx's client_header_timeout does.
+``precomputed-webserver``'s server wherever granian is installed (a dependency on x86-64 and
+ARM64, where it has wheels for Linux, macOS and Windows; ``--server waitress`` or any other
+platform runs `server.Server`). Measured against nginx on the same volume (benchmarks/README.md,
+"Every serving path"), granian answers 2-3x the requests of waitress for the same CPU: decoded
+chunks from the cache at about 0.9x nginx where waitress reaches 0.35x. It closes connections
+whose request headers take longer than ``--timeout`` (at most 60 s), as nginx's
+client_header_timeout does; the slow-client and hostile-request tests run on both servers.
 
 granian runs the app in a worker process it starts itself and imports the app from a name, so
 the worker rebuilds the app from the command line (kept in an environment variable), exactly
@@ -25,6 +25,19 @@ from collections.abc import Callable
 from typing import Any
 
 ARGV_VARIABLE = "PRECOMPUTED_TIF_SERVE_ARGV"
+_LOG_TO_STDERR = {
+    "formatters": {
+        "generic": {"()": "logging.Formatter", "fmt": "%(levelname)s granian: %(message)s"}
+    },
+    "handlers": {
+        "console": {
+            "formatter": "generic",
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+        },
+        "access": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"},
+    },
+}
 MAX_HEADER_TIMEOUT_S = 60  # granian's own upper bound
 
 
@@ -77,7 +90,10 @@ class GranianServer:
             backlog=1024,
             backpressure=connection_limit,
             http1_settings=HTTP1Settings(header_read_timeout=header_timeout_ms),
-            log_level=LogLevels.warning,
+            # stdout carries the URL lines scripts read; granian's own warnings are about its
+            # settings (it finds 8 threads many for 2 cores: measured, they serve more)
+            log_level=LogLevels.error,
+            log_dictconfig=_LOG_TO_STDERR,
         )
 
     @property

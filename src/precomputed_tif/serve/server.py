@@ -1,5 +1,8 @@
 """Running the WSGI app on waitress: multi-threaded, pure Python, on Linux, macOS and Windows.
 
+``precomputed-webserver``'s fallback server (``--server waitress``, or where granian, its
+default, is not installed: see `granian_server`).
+
 (Chosen by measurement against cheroot; gunicorn's threaded workers cost as much CPU per
 request, see benchmarks/README.md, and a few clients sending their request headers slowly hold
 all of their threads, which waitress's asynchronous reading and `timeout` prevent.) The server
