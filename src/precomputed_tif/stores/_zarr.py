@@ -110,7 +110,7 @@ def assemble_shard(inner_grid: Index, blobs: dict[Index, bytes]) -> bytes:
     `blobs` maps an inner chunk's position in the shard to its encoded bytes; absent chunks get
     the empty entry and read as fill.
     """
-    import crc32c
+    import google_crc32c
 
     index = np.full((math.prod(inner_grid), 2), EMPTY, np.uint64)
     parts = []
@@ -122,7 +122,7 @@ def assemble_shard(inner_grid: Index, blobs: dict[Index, bytes]) -> bytes:
         offset += len(blob)
     table = index.astype("<u8").tobytes()
     parts.append(table)
-    parts.append(crc32c.crc32c(table).to_bytes(4, "little"))
+    parts.append(google_crc32c.value(table).to_bytes(4, "little"))
     return b"".join(parts)
 
 
