@@ -73,6 +73,11 @@ class GranianServer:
         from granian.http import HTTP1Settings
         from granian.log import LogLevels
 
+        from .server import _allow_open_files
+
+        # every slow or idle connection holds a descriptor until `timeout` closes it; the
+        # worker inherits the raised limit
+        _allow_open_files(connection_limit + threads + 64)
         self.host = host
         self.port = _usable_port(host, port)  # raises OSError as a bind would
         os.environ[ARGV_VARIABLE] = json.dumps(argv)
