@@ -203,26 +203,15 @@ def _bind(app: Any, args: argparse.Namespace, argv: list[str]) -> Server | Grani
     from ..errors import PrecomputedTifError
     from ..serve.server import Server
 
+    address = (args.bind, args.port, args.threads)
+    limits = {"timeout": args.timeout, "connection_limit": args.connection_limit}
     try:
         if args.server == "granian":
             from ..serve.granian_server import GranianServer
 
-            return GranianServer(
-                argv,
-                args.bind,
-                args.port,
-                args.threads,
-                timeout=args.timeout,
-                connection_limit=args.connection_limit,
-            )
-        return Server(
-            app,
-            args.bind,
-            args.port,
-            args.threads,
-            timeout=args.timeout,
-            connection_limit=args.connection_limit,
-        )
+            # granian's worker builds the app again from the command line
+            return GranianServer(argv, *address, **limits)
+        return Server(app, *address, **limits)
     except OSError as exc:
         where = f"port {args.port} on {args.bind}"
         if exc.errno == errno.EADDRINUSE:

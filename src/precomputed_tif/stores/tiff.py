@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import StoreError
 from ..geometry import Box
 from ..locations import file_stamp, write_atomically
-from ._tiff_pages import inflate_pages, read_pages
+from ._tiff_pages import inflate_pages
 from ._tiff_writer import encode_tiff_chunk
 from .base import ChunkStore
 
@@ -33,30 +33,33 @@ class TiffStore(ChunkStore):
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
         return file_stamp(self.chunk_path(level, box))
 
+    def _inflated(self, level: int, box: Box) -> bytearray | None:
+        """The chunk's little-endian voxels by the page inflater (`_tiff_pages`), or None when
+        its layout (or several channels) needs tifffile; FileNotFoundError when missing."""
+        if self.pyramid.num_channels != 1:
+            return None
+        little = self.pyramid.dtype.newbyteorder("<")
+        return inflate_pages(self.chunk_path(level, box), box.numpy_shape, little)
+
     def read_chunk_bytes(self, level: int, box: Box) -> bytes | None:
-        """Neuroglancer's raw bytes, inflated page by page into one buffer (`_tiff_pages`);
-        tifffile reads any file of another layout."""
-        dtype = self.pyramid.dtype.newbyteorder("<")
-        if self.pyramid.num_channels == 1:
-            try:
-                data = read_pages(self.chunk_path(level, box), box.numpy_shape, dtype)
-            except FileNotFoundError:
-                return None
-            if data is not None:
-                return data
-        return super().read_chunk_bytes(level, box)
+        """Neuroglancer's raw bytes, inflated page by page into one buffer; tifffile reads any
+        file of another layout."""
+        try:
+            raw = self._inflated(level, box)
+        except FileNotFoundError:
+            return None
+        return bytes(raw) if raw is not None else super().read_chunk_bytes(level, box)
 
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
-        if self.pyramid.num_channels == 1:
-            dtype = self.pyramid.dtype.newbyteorder("<")
-            try:
-                raw = inflate_pages(self.chunk_path(level, box), box.numpy_shape, dtype)
-            except FileNotFoundError:
-                return None
-            if raw is not None:  # a bytearray: the array is writable, as tifffile's are
-                voxels = np.frombuffer(raw, dtype).reshape(box.numpy_shape)
-                return voxels.astype(self.pyramid.dtype, copy=False)
-        return self._read_with_tifffile(level, box)
+        try:
+            raw = self._inflated(level, box)
+        except FileNotFoundError:
+            return None
+        if raw is None:
+            return self._read_with_tifffile(level, box)
+        # a bytearray: the array is writable, as tifffile's are
+        voxels = np.frombuffer(raw, self.pyramid.dtype.newbyteorder("<"))
+        return voxels.reshape(box.numpy_shape).astype(self.pyramid.dtype, copy=False)
 
     def _read_with_tifffile(self, level: int, box: Box) -> np.ndarray | None:
         """Any TIFF layout (several channels, the original's files of another shape)."""
