@@ -8,6 +8,7 @@ StoreError, never wrong bytes.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,40 @@ def test_missing_file_is_none_from_the_store(tmp_path):
     assert store.read_chunk_bytes(1, Box((0, 0, 0), (8, 8, 8))) == stack.tobytes()
     (tmp_path / "out" / store.pyramid.scale(1).key / "0-8_0-8_0-8.tiff").unlink()
     assert store.read_chunk_bytes(1, Box((0, 0, 0), (8, 8, 8))) is None
+
+
+def test_one_odd_page_among_back_to_back_ifds_falls_back(tmp_path):
+    """Later IFDs are compared in one step with the first checked one: a single later page of
+    another width must still make the file not ours (tifffile then says what it holds)."""
+    from precomputed_tif.stores._tiff_pages import strip_layout
+    from precomputed_tif.stores._tiff_writer import encode_tiff_chunk
+
+    data = random_stack((6, 5, 7), "uint16", seed=6)
+    raw = encode_tiff_chunk(data)
+    strips = strip_layout(raw, data.shape, np.dtype("<u2"))
+    assert strips is not None and len(strips) == 6
+    path = tmp_path / "chunk.tiff"
+    path.write_bytes(raw)
+    assert read_pages(str(path), data.shape, np.dtype("<u2")) == data.tobytes()
+    with tifffile.TiffFile(path) as tif:
+        width_tag = tif.pages[4].tags[256]
+        at = width_tag.valueoffset
+    patched = bytearray(raw)
+    patched[at : at + 4] = (8).to_bytes(4, "little")
+    assert strip_layout(bytes(patched), data.shape, np.dtype("<u2")) is None
+    patched = bytearray(raw)
+    patched[-1:] = b"\x00"  # the data changes, not the layout: still ours
+    assert strip_layout(bytes(patched), data.shape, np.dtype("<u2")) == strips
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_freed_blocks_are_kept_on_glibc():
+    """The server asks glibc to keep freed chunk-sized blocks (`heap.keep_freed_blocks`); on a
+    glibc Linux (CI's) the request must be accepted, not silently ignored."""
+    import platform
+
+    from precomputed_tif.heap import keep_freed_blocks
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert keep_freed_blocks() is True

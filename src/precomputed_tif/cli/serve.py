@@ -116,9 +116,11 @@ class BuiltApp:
 
 def build_app(args: argparse.Namespace) -> BuiltApp:
     """The WSGI app of parsed command-line `args` (the CLI's, and granian's worker's)."""
+    from ..heap import keep_freed_blocks
     from ..serve.app import DEFAULT_CACHE_BYTES, PrecomputedApp
     from ..serve.config import Options, SourceTable, resolve_source
 
+    keep_freed_blocks()  # every decoded chunk is a block of the same few sizes
     viewer = None
     if args.viewer:
         from ..serve.viewer import client_folder

@@ -14,6 +14,7 @@ import stat as stat_module
 import threading
 import time
 from collections import OrderedDict
+from contextlib import nullcontext
 from typing import Any
 
 from ..cache import ByteCache
@@ -129,6 +130,13 @@ def serve_info(source: Source, stores: StoreCache) -> Response:
     return _static_file(path, content_type=JSON)
 
 
+# Decoding a chunk hands the GIL back and forth (a tiff chunk is 64 deflate calls); more
+# decoding threads than cores only fight over it. Measured with 8 server threads on 2 cores,
+# cold tiff chunks: 306 req/s and 4.7 ms of CPU each unbounded, 384 and 3.4 with this bound;
+# blockfs unchanged. Requests answered from the cache never wait here.
+_DECODERS = threading.BoundedSemaphore(os.cpu_count() or 1)
+
+
 def serve_chunk(
     source: Source, stores: StoreCache, cache: ChunkCache, key: str, name: str
 ) -> Response:
@@ -158,7 +166,10 @@ def serve_chunk(
     cache_key = (source.directory, level, local, stamp)
     body = cache.get(cache_key)
     if body is None:
-        body = store.read_chunk_bytes(level, local)
+        # an object store's chunk waits on the network, not on a core
+        bound = nullcontext() if is_remote(source.directory) else _DECODERS
+        with bound:
+            body = store.read_chunk_bytes(level, local)
         if body is None:
             raise HttpError(404, f"chunk {name} was never written")
         if len(body) != local.voxels * pyramid.dtype.itemsize:

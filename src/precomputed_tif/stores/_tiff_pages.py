@@ -72,25 +72,70 @@ def strip_layout(data: bytes, shape: tuple[int, int, int], dtype: np.dtype) -> S
         while ifd:
             if len(strips) == pages:
                 return None  # more pages than the chunk has
-            (count,) = struct.unpack_from("<H", data, ifd)
-            tags: dict[int, int] = {}
-            for tag, kind, n, value in struct.iter_unpack(
-                "<HHII", data[ifd + 2 : ifd + 2 + 12 * count]
-            ):
-                if n != 1 and tag in (258, 273, 279, 339):
-                    return None  # several strips, or samples: not our layout
-                tags[tag] = value & 0xFFFF if kind == 3 else value  # SHORT: the low half
-            (ifd,) = struct.unpack_from("<I", data, ifd + 2 + 12 * count)
-            if tags.get(259) not in _DEFLATE or tags.get(317, 1) != 1 or tags.get(266, 1) != 1:
+            page = _page_strip(data, ifd, want)
+            if page is None:
                 return None
-            if any(tags.get(tag, 1 if tag in (277, 339) else None) != v for tag, v in want.items()):
-                return None
-            if 273 not in tags or 279 not in tags:
-                return None
-            strips.append((tags[273], tags[279]))
+            strip, next_ifd = page
+            strips.append(strip)
+            if len(strips) == 2 and next_ifd:
+                rest = _repeated_pages(data, ifd, next_ifd, pages - 2)
+                if rest is not None:
+                    strips.extend(rest)
+                    break
+            ifd = next_ifd
     except struct.error:
         return None  # a truncated IFD: tifffile says what is wrong with it
     return tuple(strips) if len(strips) == pages else None
+
+
+def _page_strip(data: bytes, ifd: int, want: dict[int, int]) -> tuple[tuple[int, int], int] | None:
+    """The strip of the page whose IFD is at `ifd`, and the next IFD's offset; None when the
+    page is not one deflate strip of the wanted size and type."""
+    (count,) = struct.unpack_from("<H", data, ifd)
+    tags: dict[int, int] = {}
+    for tag, kind, n, value in struct.iter_unpack("<HHII", data[ifd + 2 : ifd + 2 + 12 * count]):
+        if n != 1 and tag in (258, 273, 279, 339):
+            return None  # several strips, or samples: not our layout
+        tags[tag] = value & 0xFFFF if kind == 3 else value  # SHORT: the low half
+    (next_ifd,) = struct.unpack_from("<I", data, ifd + 2 + 12 * count)
+    if tags.get(259) not in _DEFLATE or tags.get(317, 1) != 1 or tags.get(266, 1) != 1:
+        return None
+    if any(tags.get(tag, 1 if tag in (277, 339) else None) != v for tag, v in want.items()):
+        return None
+    if 273 not in tags or 279 not in tags:
+        return None
+    return (tags[273], tags[279]), next_ifd
+
+
+def _repeated_pages(data: bytes, ifd: int, next_ifd: int, remaining: int) -> Strips | None:
+    """The strips of the `remaining` pages after the (checked) page at `ifd`, when their IFDs
+    follow it back to back and equal it in every byte but the strip's place and size, as ours
+    and the original's are: one numpy comparison instead of parsing each IFD (which cost
+    ~0.4 ms of a 64-page chunk, a fifth of inflating it). None: parse them one by one."""
+    (count,) = struct.unpack_from("<H", data, ifd)
+    stride = 2 + 12 * count + 4
+    if remaining < 1 or next_ifd != ifd + stride or ifd + stride * (remaining + 1) > len(data):
+        return None
+    rows = np.frombuffer(data, np.uint8, stride * (remaining + 1), ifd).reshape(-1, stride)
+    entries = rows[0, 2 : 2 + 12 * count].view("<u2").reshape(count, 6)
+    tags = entries[:, 0].tolist()
+    if entries[tags.index(273), 1] != 4 or entries[tags.index(279), 1] != 4:
+        return None  # SHORT offsets or sizes: the page-by-page parse handles them
+    offset_at = 2 + 12 * tags.index(273) + 8
+    size_at = 2 + 12 * tags.index(279) + 8
+    varying = np.zeros(stride, bool)
+    for at in (offset_at, size_at, stride - 4):
+        varying[at : at + 4] = True
+    if not (rows[1:, ~varying] == rows[0, ~varying]).all():
+        return None
+    next_ifds = rows[:, stride - 4 :].copy().view("<u4")[:, 0].astype(np.int64)
+    expected = ifd + stride * np.arange(1, remaining + 2, dtype=np.int64)
+    expected[-1] = 0
+    if not (next_ifds == expected).all():
+        return None
+    offsets = rows[1:, offset_at : offset_at + 4].copy().view("<u4")[:, 0].tolist()
+    sizes = rows[1:, size_at : size_at + 4].copy().view("<u4")[:, 0].tolist()
+    return tuple(zip(offsets, sizes))
 
 
 def read_pages(path: str, shape: tuple[int, int, int], dtype: np.dtype) -> bytes | None:
