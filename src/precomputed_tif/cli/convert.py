@@ -680,6 +680,10 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
             budget = _dask_budget(args, dask, per_worker)
         else:
             budget = _budget(args)
+            if not args.dry_run:
+                from ..executors import start_pool_server_early
+
+                start_pool_server_early()
         if args.example:
             from ..example import example_planes
 
