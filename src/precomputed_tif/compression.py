@@ -28,6 +28,11 @@ _LEVEL = 1
 _GZIP_WBITS = 31  # gzip header and trailer, no file name, mtime 0: deterministic bytes
 
 
+def crc32(data: Any) -> int:
+    """zlib's CRC-32 of `data` (ISA-L's is the same checksum, ~4x faster): blockfs block sums."""
+    return int(_isal.crc32(data) if _isal is not None else zlib.crc32(data))
+
+
 def zlib_compress(data: Any) -> bytes:
     """`data` (bytes or a contiguous buffer) as a zlib stream (TIFF's deflate)."""
     if _isal is not None:

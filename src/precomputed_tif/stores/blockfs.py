@@ -22,14 +22,13 @@ import os
 import shutil
 import struct
 import threading
-import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from ..compression import blosc_encode
+from ..compression import blosc_encode, crc32
 from ..encodings import blosc_frame_is_whole
 from ..errors import StoreError
 from ..geometry import Box, chunks_in
@@ -133,7 +132,7 @@ class BlockDirectory:
             frame = self.files.read(path, int(self.offsets[i]), size)
             if len(frame) != size:
                 raise StoreError(f"block {i} ends past the end of {path!r} (truncated)")
-            if self.crcs is not None and zlib.crc32(frame) != int(self.crcs[i]):
+            if self.crcs is not None and crc32(frame) != int(self.crcs[i]):
                 raise StoreError(f"block {i} in {path!r} is damaged: its checksum differs")
             if not blosc_frame_is_whole(frame):
                 raise StoreError(f"block {i} in {path!r} is damaged: its Blosc frame is cut short")
@@ -251,6 +250,11 @@ def _cached_directory(path: str, stamp: tuple[int, ...]) -> BlockDirectory:
 
 def open_directory(path: str) -> BlockDirectory:
     """Parse a directory file once per process, again only when it (or its checksums) change."""
+    return _open_directory_stamped(path)[0]
+
+
+def _open_directory_stamped(path: str) -> tuple[BlockDirectory, tuple[int, int]]:
+    """`open_directory`, and the directory file's (mtime in ns, size) it was read at."""
     try:
         stat = os.stat(path)
     except OSError as exc:
@@ -260,7 +264,8 @@ def open_directory(path: str) -> BlockDirectory:
         crc_stamp: tuple[int, ...] = (crc.st_mtime_ns, crc.st_size)
     except OSError:
         crc_stamp = ()
-    return _cached_directory(path, (stat.st_mtime_ns, stat.st_size, *crc_stamp))
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    return _cached_directory(path, (*stamp, *crc_stamp)), stamp
 
 
 PART_MAGIC = b"PTPART1\0"
@@ -291,7 +296,7 @@ class _PartWriter(TaskWriter):
     def write_chunk(self, box: Box, data: np.ndarray) -> None:
         frame = encode_block(data)
         block = self.store_.block_index(self.level, box)
-        self.entries.append((block, self.file.tell(), len(frame), zlib.crc32(frame)))
+        self.entries.append((block, self.file.tell(), len(frame), crc32(frame)))
         self.file.write(frame)
         self.digest.update(frame)
 
@@ -574,7 +579,7 @@ class BlockfsStore(ChunkStore):
             raise StoreError(f"{old.block_files[0]!r} is shorter than its directory says")
         base = out.tell()
         out.write(data)
-        crc = [zlib.crc32(data[a - first : a - first + n]) for a, n in zip(starts, lengths)]
+        crc = [crc32(data[a - first : a - first + n]) for a, n in zip(starts, lengths)]
         return np.stack([blocks, starts - first + base, lengths, np.array(crc, np.int64)], axis=1)
 
     def clean_up(self) -> None:
@@ -582,8 +587,7 @@ class BlockfsStore(ChunkStore):
 
     # --- reading -----------------------------------------------------------------------
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
-        path = self.directory_path(level)
-        directory = open_directory(path)
+        directory, stamp = _open_directory_stamped(self.directory_path(level))
         stamps = [
             directory.block_stamp(*block.start)
             for _, block in chunks_in(box, directory.block_size_xyz, directory.extent_xyz)
@@ -591,8 +595,7 @@ class BlockfsStore(ChunkStore):
         found = [s for s in stamps if s is not None]
         if not found:
             return None
-        stat = os.stat(path)
-        return (stat.st_mtime_ns, stat.st_size, *(n for s in found for n in s))
+        return (*stamp, *(n for s in found for n in s))
 
     def read_chunk_bytes(self, level: int, box: Box) -> bytes | None:
         directory = open_directory(self.directory_path(level))
