@@ -38,6 +38,13 @@ def test_zlib_stream_decodes_with_zlib(encoder):
     assert deflate.zlib_compress(memoryview(data)) == blob  # buffers, and deterministic
 
 
+def test_crc32_is_zlibs_checksum(encoder):
+    """blockfs checksums written before ISA-L summed them (zlib's) must still match."""
+    data = _payload()
+    for piece in (b"", data[:1], data, memoryview(data)[3:777]):
+        assert deflate.crc32(piece) == zlib.crc32(piece)
+
+
 def test_gzip_member_decodes_with_gzip_and_has_no_timestamp(encoder):
     data = _payload()
     blob = deflate.gzip_compress(data)
