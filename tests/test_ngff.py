@@ -109,6 +109,32 @@ def test_odd_shapes_and_small_tasks(tmp_path, shape, sharded):
     assert_every_chunk_equal(dest, expected)
 
 
+def test_sharded_levels_nest_in_one_stage_and_read_back(tmp_path):
+    """A task that makes a level-1 shard also makes the shards of the next levels from the
+    voxels it holds (their shards are its shard downsampled), as precomputed --sharded does;
+    on an odd shape every level must still read back as the reference through TensorStore."""
+    from precomputed_tif.plan import plan_stages
+
+    ts = pytest.importorskip("tensorstore")
+    stack = random_stack((37, 45, 70), "uint16", seed=9)
+    dest, pyramid = _convert(tmp_path, stack, sharded=True, task_bytes=60_000)
+    stages = plan_stages(pyramid, task_budget_bytes=60_000, n_workers=2)
+    nested = [stage for stage in stages if stage.last > stage.first]
+    assert nested, stages
+    for stage in nested:
+        for level in range(stage.first + 1, stage.last + 1):
+            finer, scale = pyramid.scale(level - 1), pyramid.scale(level)
+            for f, s, n, c in zip(finer.shard_size, scale.shard_size, scale.size, scale.chunk_size):
+                assert s == f // 2 or s >= n, (level, finer.shard_size, scale.shard_size)
+                assert s % c == 0
+    expected = reference_pyramid(stack, pyramid.n_levels)
+    for level, want in enumerate(expected):
+        spec = {"driver": "zarr3", "kvstore": f"file://{dest}/{level}/"}
+        got = ts.open(spec, read=True).result().read().result()
+        np.testing.assert_array_equal(got[0, 0], want, err_msg=f"level {level}")
+    assert_every_chunk_equal(dest, expected)
+
+
 def test_v2_metadata_follows_ome_zarr_04(tmp_path):
     stack = random_stack((20, 30, 40), "uint16", seed=2)
     dest, pyramid = _convert(tmp_path, stack, chunk=(16, 8, 4))

@@ -150,6 +150,29 @@ def _shard_block_stage(pyramid: Pyramid, level: int) -> Stage:
     return Stage(level, last, first_region)
 
 
+def _zarr_shard_stage(pyramid: Pyramid, level: int) -> Stage:
+    """A zarr-sharded level is made a shard at a time (a shard is written whole by one task);
+    the stage goes on through the next levels whose shard is that shard downsampled."""
+    from .sharding import halved_region
+
+    shard_size = pyramid.scale(level).shard_size
+    assert shard_size is not None
+    region: XYZ = shard_size
+    last = level
+    while last < pyramid.n_levels:
+        finer, coarser = pyramid.scale(last), pyramid.scale(last + 1)
+        below = halved_region(region, finer.size, coarser.size, pyramid.factor(last + 1))
+        if below is None or coarser.shard_size is None:
+            break
+        if any(
+            b != s and not (b >= n and s >= n)
+            for b, s, n in zip(below, coarser.shard_size, coarser.size)
+        ):
+            break
+        region, last = below, last + 1
+    return Stage(level, last, shard_size)
+
+
 def _choose_stage(
     pyramid: Pyramid,
     first: int,
@@ -164,9 +187,8 @@ def _choose_stage(
     worker busy."""
     if pyramid.scale(first).sharding is not None:
         return _shard_block_stage(pyramid, first)
-    shard_size = pyramid.scale(first).shard_size
-    if shard_size is not None:
-        return Stage(first, first, shard_size)  # a zarr shard is written whole by one task
+    if pyramid.scale(first).shard_size is not None:
+        return _zarr_shard_stage(pyramid, first)
     shallow = _region_for(pyramid, first, 1, budget, overhead, cut_x=cut_x)
     if shallow is None:
         return None

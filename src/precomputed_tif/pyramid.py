@@ -226,12 +226,29 @@ class Pyramid:
     def zarr_sharded(self, task_bytes: int) -> Pyramid:
         """This pyramid with every scale in zarr v3 shards: blocks of chunks as large as one task
         of `task_bytes` can make whole, grown along x first, then y, then z, so that level-1
-        tasks read whole rows of the planes (as the unsharded planner prefers)."""
-        scales = []
+        tasks read whole rows of the planes (as the unsharded planner prefers).
+
+        A level whose finer level's shard, downsampled, is a whole number of its chunks takes
+        that as its shard instead: the task that makes a finer shard then makes this level's
+        shard too, from the voxels it holds (as precomputed ``--sharded`` nests its levels),
+        instead of a later stage reading the finer level back and decoding it."""
+        scales: list[Scale] = []
         for level, scale in enumerate(self.scales, start=1):
+            if scales:
+                nested = _nested_shard(scales[-1], scale, self.factor(level))
+                if nested is not None:
+                    scales.append(replace(scale, shard_size=nested))
+                    continue
             chunk_bytes = math.prod(scale.chunk_size) * self.dtype.itemsize
             limit = max(chunk_bytes, int(task_bytes / _read_factor(self, level)))
             block = [1, 1, 1]
+            if level < len(self.scales):
+                # two chunks along every axis the next level halves, where the budget allows:
+                # the next level's shard can then nest in this one
+                halves = self.factor(level + 1)
+                pair = [min(f, g) for f, g in zip(halves, scale.grid_shape)]
+                if math.prod(pair) * chunk_bytes <= limit:
+                    block = pair
             for axis in range(3):
                 while block[axis] < scale.grid_shape[axis]:
                     wider = block.copy()
@@ -242,6 +259,26 @@ class Pyramid:
             size = tuple(c * b for c, b in zip(scale.chunk_size, block))
             scales.append(replace(scale, shard_size=size))  # type: ignore[arg-type]
         return replace(self, scales=tuple(scales))
+
+
+def _nested_shard(finer: Scale, scale: Scale, factor: XYZ) -> XYZ | None:
+    """The shard of `scale` that is `finer`'s shard downsampled by `factor`, or None when that
+    is not a whole number of `scale`'s chunks along an axis it does not cover."""
+    from .sharding import halved_region
+
+    assert finer.shard_size is not None
+    region = halved_region(finer.shard_size, finer.size, scale.size, factor)
+    if region is None:
+        return None
+    shard = []
+    for r, n, c in zip(region, scale.size, scale.chunk_size):
+        if r >= n:  # the whole axis: the shard covers it in whole chunks
+            shard.append(-(-n // c) * c)
+        elif r % c == 0:
+            shard.append(r)
+        else:
+            return None
+    return (shard[0], shard[1], shard[2])
 
 
 def _read_factor(pyramid: Pyramid, level: int) -> float:
