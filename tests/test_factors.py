@@ -478,7 +478,14 @@ def assert_same_files(dest: str, reference: str, log: str = "") -> None:
     for name in differing:
         if name in ours and name in theirs and name.endswith(".tiff"):
             a, b = (tifffile.imread(os.path.join(r, name)) for r in (dest, reference))
-            details.append(f"{name}: voxels {'equal' if np.array_equal(a, b) else 'differ'}")
+            same = np.array_equal(a, b) and a.dtype == b.dtype
+            x, y = (open(os.path.join(r, name), "rb").read() for r in (dest, reference))
+            at = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+            details.append(
+                f"{name}: voxels {'equal' if same else 'differ'} ({a.dtype}, {b.dtype}); "
+                f"{len(x)} and {len(y)} bytes, first difference at byte {at}: "
+                f"{x[max(0, at - 8) : at + 24].hex()} / {y[max(0, at - 8) : at + 24].hex()}"
+            )
         else:
             details.append(f"{name}: {'missing' if name not in ours else 'extra or not tiff'}")
     assert not differing, "\n".join(details) + "\n" + log
