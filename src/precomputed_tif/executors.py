@@ -47,8 +47,9 @@ def process_pool(n_workers: int) -> ProcessPoolExecutor:
     instead of waiting for their tasks, which is safe because a task that did not report back
     is not recorded as done and runs again on resume.
     """
-    context = _forkserver() if sys.platform.startswith("linux") else None
-    if context is None:
+    if sys.platform.startswith("linux"):
+        context = _forkserver()
+    else:
         context = multiprocessing.get_context("spawn")
     return _StoppablePool(max_workers=n_workers, mp_context=context, initializer=_start_worker)
 

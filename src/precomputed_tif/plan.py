@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .errors import PlanError
 from .geometry import XYZ, Box
-from .pyramid import Pyramid, Scale
+from .pyramid import Pyramid, Scale, nested_shard_size
 from .sharding import ShardingSpec
 from .sources import PlaneSource
 from .stores import ChunkStore
@@ -153,23 +153,14 @@ def _shard_block_stage(pyramid: Pyramid, level: int) -> Stage:
 def _zarr_shard_stage(pyramid: Pyramid, level: int) -> Stage:
     """A zarr-sharded level is made a shard at a time (a shard is written whole by one task);
     the stage goes on through the next levels whose shard is that shard downsampled."""
-    from .sharding import halved_region
-
     shard_size = pyramid.scale(level).shard_size
     assert shard_size is not None
-    region: XYZ = shard_size
     last = level
     while last < pyramid.n_levels:
         finer, coarser = pyramid.scale(last), pyramid.scale(last + 1)
-        below = halved_region(region, finer.size, coarser.size, pyramid.factor(last + 1))
-        if below is None or coarser.shard_size is None:
+        if coarser.shard_size != nested_shard_size(finer, coarser, pyramid.factor(last + 1)):
             break
-        if any(
-            b != s and not (b >= n and s >= n)
-            for b, s, n in zip(below, coarser.shard_size, coarser.size)
-        ):
-            break
-        region, last = below, last + 1
+        last += 1
     return Stage(level, last, shard_size)
 
 

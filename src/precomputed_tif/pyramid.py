@@ -235,7 +235,7 @@ class Pyramid:
         scales: list[Scale] = []
         for level, scale in enumerate(self.scales, start=1):
             if scales:
-                nested = _nested_shard(scales[-1], scale, self.factor(level))
+                nested = nested_shard_size(scales[-1], scale, self.factor(level))
                 if nested is not None:
                     scales.append(replace(scale, shard_size=nested))
                     continue
@@ -261,7 +261,7 @@ class Pyramid:
         return replace(self, scales=tuple(scales))
 
 
-def _nested_shard(finer: Scale, scale: Scale, factor: XYZ) -> XYZ | None:
+def nested_shard_size(finer: Scale, scale: Scale, factor: XYZ) -> XYZ | None:
     """The shard of `scale` that is `finer`'s shard downsampled by `factor`, or None when that
     is not a whole number of `scale`'s chunks along an axis it does not cover."""
     from .sharding import halved_region

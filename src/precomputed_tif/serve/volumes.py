@@ -163,11 +163,12 @@ def serve_chunk(
     stamp = store.chunk_stamp(level, local)
     if stamp is None:
         raise HttpError(404, f"chunk {name} was never written")
+    remote = is_remote(source.directory)
     cache_key = (source.directory, level, local, stamp)
     body = cache.get(cache_key)
     if body is None:
         # an object store's chunk waits on the network, not on a core
-        bound = nullcontext() if is_remote(source.directory) else _DECODERS
+        bound = nullcontext() if remote else _DECODERS
         with bound:
             body = store.read_chunk_bytes(level, local)
         if body is None:
@@ -176,7 +177,7 @@ def serve_chunk(
             raise StoreError(f"chunk {name} of {source.directory!r} has the wrong size")
         cache.put(cache_key, body)
     # a local store's stamp opens with the file's mtime in ns; other stamps are opaque
-    mtime = stamp[0] / 1e9 if len(stamp) > 1 and not is_remote(source.directory) else None
+    mtime = stamp[0] / 1e9 if len(stamp) > 1 and not remote else None
     return Response(200, body, {"Content-Type": OCTETS, "ETag": etag_for(stamp)}, mtime)
 
 
