@@ -18,10 +18,10 @@ import urllib.parse
 import numpy as np
 import pytest
 
+from browserkit import screenshots
 from servekit import NGINX, RunningServer
 from test_serve_cli import (
     _need_browser,
-    _screenshots,
     _stardist_volume,
     _volume_in_screenshot,
     _xy_view,
@@ -96,9 +96,8 @@ def _best_correlation(link: str, stack: np.ndarray, window, z: int, folder) -> f
     low, high = window
     expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
     best = 0.0
-    # five tries: on a loaded machine the viewer sometimes has not drawn the chunks it fetched
-    # when the virtual time runs out (a grey panel), which is the browser's, not the data's
-    for image in _screenshots(_xy_view(link, z), folder, attempts=5):
+    # screenshots until the panel matches the plane: a grey panel only means not drawn yet
+    for image in screenshots(_xy_view(link, z), folder):
         seen = _volume_in_screenshot(image, stack.shape[1:])
         if seen is None or seen.std() < 5:
             continue  # no outline, or a uniform (black or grey) panel

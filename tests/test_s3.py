@@ -349,10 +349,10 @@ def test_viewer_shows_a_gzip_volume_from_the_bucket(tmp_path, s3):
     """Neuroglancer in headless Chromium reads the --gzip bucket directly (public, with CORS)."""
     import fsspec
 
+    from browserkit import screenshots
     from test_serve_cli import (
         RunningServer,
         _need_browser,
-        _screenshots,
         _stardist_volume,
         _volume_in_screenshot,
         _xy_view,
@@ -375,7 +375,7 @@ def test_viewer_shows_a_gzip_volume_from_the_bucket(tmp_path, s3):
         link = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
         z = 15
         expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
-        for image in _screenshots(_xy_view(link, z), tmp_path / "shots"):
+        for image in screenshots(_xy_view(link, z), tmp_path / "shots"):
             seen = _volume_in_screenshot(image, stack.shape[1:])
             if seen is None or seen.std() < 5:
                 continue  # no outline, or a uniform (black) panel

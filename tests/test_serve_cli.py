@@ -6,12 +6,10 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import imagecodecs
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from browserkit import CHROMIUM, chromium_args, screenshots
 from conftest import DATA, random_stack
 from precomputed_tif import open_volume
 from precomputed_tif.geometry import chunks_in, full_box
@@ -215,52 +214,6 @@ def test_slow_clients_time_out_and_normal_requests_are_served(volume_dir, server
 
 # --- the viewer, in a real browser ------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _chromium(profile: str) -> list[str]:
-    """Headless Chromium as it renders Neuroglancer here (software WebGL, no network chatter)."""
-    return [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--use-gl=angle",
-        "--use-angle=swiftshader",
-        "--enable-unsafe-swiftshader",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-quic",
-        f"--user-data-dir={profile}",
-        "--window-size=1000,800",
-    ]
-
-
-def _screenshot(url: str, out: str, profile: str) -> None:
-    subprocess.run(
-        [
-            *_chromium(profile),
-            "--virtual-time-budget=20000",
-            f"--screenshot={out}",
-            url,
-        ],
-        capture_output=True,
-        timeout=120,
-    )
-
-
-def _screenshots(url: str, folder, attempts: int = 3) -> Iterator[np.ndarray]:
-    """Up to `attempts` screenshots of `url` (the viewer sometimes drops a layer at start-up:
-    its own race, not the server's), each from a fresh browser profile."""
-    folder.mkdir()
-    for attempt in range(attempts):
-        out = str(folder / f"shot{attempt}.png")
-        _screenshot(url, out, str(folder / f"profile{attempt}"))
-        if os.path.exists(out):
-            with open(out, "rb") as f:
-                yield imagecodecs.png_decode(f.read())
-
 
 def _volume_in_screenshot(image: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray | None:
     """The grey value at the centre of each voxel inside the yellow outline of the volume."""
@@ -373,7 +326,7 @@ def test_viewer_shows_points_over_the_image(tmp_path):
         link = server.viewer_line.split("Viewer: ", 1)[1].strip()
         assert "annotation" in urllib.parse.unquote(link)
         url = _xy_view(link, 15)
-        for image in _screenshots(url, tmp_path / "points"):
+        for image in screenshots(url, tmp_path / "points"):
             box = _outline(image)
             if box is None:
                 continue
@@ -412,7 +365,7 @@ def test_viewer_in_headless_chromium_shows_the_volume(tmp_path, options):
         low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
         expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
         url = _xy_view(link, z)
-        for image in _screenshots(url, tmp_path / "volume"):
+        for image in screenshots(url, tmp_path / "volume"):
             seen = _volume_in_screenshot(image, stack.shape[1:])
             if seen is None or seen.std() < 5:
                 continue  # no outline, or a uniform (black or grey) panel
@@ -446,7 +399,7 @@ def test_viewer_shows_a_sharded_volume_served_by_nginx(tmp_path):
             link = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
             z = 15
             expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
-            for image in _screenshots(_xy_view(link, z), tmp_path / "nginx-shots"):
+            for image in screenshots(_xy_view(link, z), tmp_path / "nginx-shots"):
                 seen = _volume_in_screenshot(image, stack.shape[1:])
                 if seen is None or seen.std() < 5:
                     continue
@@ -459,7 +412,7 @@ def test_viewer_shows_a_sharded_volume_served_by_nginx(tmp_path):
 def _dump_dom(url: str, profile: str) -> str:
     result = subprocess.run(
         [
-            *_chromium(profile),
+            *chromium_args(profile),
             "--virtual-time-budget=10000",
             "--dump-dom",
             url,
