@@ -53,6 +53,13 @@ def worker_processes(pid: int) -> list[psutil.Process]:
     return found
 
 
+def _described(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())[:120]
+    except psutil.Error:
+        return f"pid {process.pid}"
+
+
 def start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [*CLI, *args],
@@ -362,6 +369,33 @@ def test_a_pool_worker_killed_mid_run_is_one_line_and_resumes(tmp_path):
     result = finish(process)
     assert_one_line_error(result, "worker process died", RESUME_HINT)
     assert_finishes_identically(result, args, dest, reference)
+
+
+@pytest.mark.slow
+def test_a_driver_killed_alone_takes_its_workers_and_forkserver_with_it(tmp_path):
+    """The OOM killer or ``kill -9 PID`` ends the driver only: no pool worker, forkserver or
+    resource tracker may live on holding memory, and --resume still finishes the bytes."""
+    stack = random_stack((64, 96, 96), "uint16", seed=62)
+    source = write_planes(tmp_path / "planes", stack)
+    args = ["--source", source, "--format", "zarr", "--chunk-size", "16,16,16"]
+    args += ["--task-memory", "1M", "--n-cores", "2", "--log", "WARNING"]
+    reference, dest = str(tmp_path / "ref"), str(tmp_path / "out")
+    assert run_cli(*args, "--dest", reference).returncode == 0
+    process = start([*args, "--dest", dest])
+    assert wait_for(process, lambda: done_entries(dest) >= 2 and worker_processes(process.pid))
+    left_behind = psutil.Process(process.pid).children(recursive=True)
+    assert len(left_behind) >= 3  # the workers, the forkserver and the resource tracker
+    process.kill()  # its own session: nothing else of the tree is signalled
+    process.wait(timeout=30)  # not communicate(): orphans would hold its pipes open
+    _, alive = psutil.wait_procs(left_behind, timeout=30)
+    orphans = [_described(orphan) for orphan in alive]
+    for orphan in alive:
+        orphan.kill()
+    process.communicate(timeout=30)
+    assert not orphans, orphans
+    resumed = run_cli(*args, "--dest", dest, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _tree(dest) == _tree(reference)
 
 
 @pytest.mark.slow

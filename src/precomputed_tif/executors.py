@@ -9,13 +9,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
+import select
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
+
+import psutil
 
 from .errors import RESUME_HINT, IncompleteRunError
 from .heap import keep_freed_blocks
@@ -51,7 +55,12 @@ def process_pool(n_workers: int) -> ProcessPoolExecutor:
         context = _forkserver()
     else:
         context = multiprocessing.get_context("spawn")
-    return _StoppablePool(max_workers=n_workers, mp_context=context, initializer=_start_worker)
+    return _StoppablePool(
+        max_workers=n_workers,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(os.getpid(),),
+    )
 
 
 def _forkserver() -> Any:
@@ -74,11 +83,46 @@ def start_pool_server_early() -> None:
         forkserver.ensure_running()
 
 
-def _start_worker() -> None:
+def _start_worker(driver_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_when_gone(driver_pid)
     quiet_async_leftovers()
     _blosc_lock_for_this_process_only()
     keep_freed_blocks()  # a task's buffers are the same few sizes, task after task
+
+
+def _exit_when_gone(driver_pid: int) -> None:
+    """End this worker as soon as the driver process ends.
+
+    A driver killed on its own (the OOM killer, ``kill -9`` of its pid, a scheduler that signals
+    only the main process) never tells its pool: the workers wait on a queue whose write end they
+    hold themselves, and keep the forkserver alive, holding memory on a shared node for good.
+    The task in hand is not recorded as done, so ``--resume`` makes it again.
+    """
+
+    def watch() -> None:
+        try:
+            # Linux 5.3+: a descriptor that becomes readable when the process ends, no polling
+            with _pid_descriptor(driver_pid) as ready:
+                select.select([ready], [], [])
+        except OSError:
+            while psutil.pid_exists(driver_pid):
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _pid_descriptor(pid: int) -> Iterator[int]:
+    open_pid = getattr(os, "pidfd_open", None)
+    if open_pid is None:
+        raise OSError("no pidfd_open on this platform")
+    fd = open_pid(pid)  # OSError on kernels before 5.3, or when the process is gone
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _blosc_lock_for_this_process_only() -> None:
