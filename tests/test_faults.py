@@ -355,16 +355,23 @@ def test_verify_finds_damage_and_repair_restores_the_bytes(tmp_path, fmt):
         assert_every_chunk_equal(str(dest), reference_pyramid(stack, 4))
 
 
-@pytest.mark.slow
-def test_a_pool_worker_killed_mid_run_is_one_line_and_resumes(tmp_path):
-    stack = random_stack((64, 96, 96), "uint16", seed=61)
+def _pool_run_under_way(tmp_path, fmt: str, seed: int):
+    """A reference run, then the same run started and past its second task, its workers up:
+    (args, dest, reference, the running process)."""
+    stack = random_stack((64, 96, 96), "uint16", seed=seed)
     source = write_planes(tmp_path / "planes", stack)
-    args = ["--source", source, "--format", "blockfs", "--chunk-size", "16,16,16"]
+    args = ["--source", source, "--format", fmt, "--chunk-size", "16,16,16"]
     args += ["--task-memory", "1M", "--n-cores", "2", "--log", "WARNING"]
     reference, dest = str(tmp_path / "ref"), str(tmp_path / "out")
     assert run_cli(*args, "--dest", reference).returncode == 0
     process = start([*args, "--dest", dest])
     assert wait_for(process, lambda: done_entries(dest) >= 2 and worker_processes(process.pid))
+    return args, dest, reference, process
+
+
+@pytest.mark.slow
+def test_a_pool_worker_killed_mid_run_is_one_line_and_resumes(tmp_path):
+    args, dest, reference, process = _pool_run_under_way(tmp_path, "blockfs", seed=61)
     worker_processes(process.pid)[0].kill()
     result = finish(process)
     assert_one_line_error(result, "worker process died", RESUME_HINT)
@@ -375,14 +382,7 @@ def test_a_pool_worker_killed_mid_run_is_one_line_and_resumes(tmp_path):
 def test_a_driver_killed_alone_takes_its_workers_and_forkserver_with_it(tmp_path):
     """The OOM killer or ``kill -9 PID`` ends the driver only: no pool worker, forkserver or
     resource tracker may live on holding memory, and --resume still finishes the bytes."""
-    stack = random_stack((64, 96, 96), "uint16", seed=62)
-    source = write_planes(tmp_path / "planes", stack)
-    args = ["--source", source, "--format", "zarr", "--chunk-size", "16,16,16"]
-    args += ["--task-memory", "1M", "--n-cores", "2", "--log", "WARNING"]
-    reference, dest = str(tmp_path / "ref"), str(tmp_path / "out")
-    assert run_cli(*args, "--dest", reference).returncode == 0
-    process = start([*args, "--dest", dest])
-    assert wait_for(process, lambda: done_entries(dest) >= 2 and worker_processes(process.pid))
+    args, dest, reference, process = _pool_run_under_way(tmp_path, "zarr", seed=62)
     left_behind = psutil.Process(process.pid).children(recursive=True)
     assert len(left_behind) >= 3  # the workers, the forkserver and the resource tracker
     process.kill()  # its own session: nothing else of the tree is signalled
