@@ -140,6 +140,8 @@ def screenshots(
     server's). The caller stops iterating once it has seen what it waits for; the last image
     of each attempt is kept in `folder` for a failing test's reader."""
     folder.mkdir(exist_ok=True)
+    failures: list[Exception] = []
+    seen_any = False
     for attempt in range(attempts):
         browser = LiveBrowser(url, str(folder / f"profile{attempt}"))
         image = None
@@ -149,9 +151,14 @@ def screenshots(
             while time.monotonic() < deadline:
                 time.sleep(every)
                 image = browser.screenshot()
+                seen_any = True
                 yield image
+        except (RuntimeError, TimeoutError) as exc:  # a browser that died: try a fresh one
+            failures.append(exc)
         finally:
             browser.close()
             if image is not None:
                 with open(folder / f"shot{attempt}.png", "wb") as f:
                     f.write(imagecodecs.png_encode(image))
+    if failures and not seen_any:
+        raise failures[-1]
