@@ -15,16 +15,13 @@ import subprocess
 import time
 import urllib.parse
 
-import numpy as np
 import pytest
 
-from browserkit import screenshots
 from servekit import NGINX, RunningServer
 from test_serve_cli import (
+    _best_correlation,
     _need_browser,
     _stardist_volume,
-    _volume_in_screenshot,
-    _xy_view,
 )
 
 NGINX_CONF = """
@@ -90,21 +87,6 @@ def _state(source: str, size_xyz, window) -> dict:
         ],
         "layout": "xy",
     }
-
-
-def _best_correlation(link: str, stack: np.ndarray, window, z: int, folder) -> float:
-    low, high = window
-    expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
-    best = 0.0
-    # screenshots until the panel matches the plane: a grey panel only means not drawn yet
-    for image in screenshots(_xy_view(link, z), folder):
-        seen = _volume_in_screenshot(image, stack.shape[1:])
-        if seen is None or seen.std() < 5:
-            continue  # no outline, or a uniform (black or grey) panel
-        best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
-        if best > 0.9:
-            break
-    return best
 
 
 @pytest.mark.slow

@@ -349,14 +349,7 @@ def test_viewer_shows_a_gzip_volume_from_the_bucket(tmp_path, s3):
     """Neuroglancer in headless Chromium reads the --gzip bucket directly (public, with CORS)."""
     import fsspec
 
-    from browserkit import screenshots
-    from test_serve_cli import (
-        RunningServer,
-        _need_browser,
-        _stardist_volume,
-        _volume_in_screenshot,
-        _xy_view,
-    )
+    from test_serve_cli import RunningServer, _best_correlation, _need_browser, _stardist_volume
 
     _need_browser()
     stack, local = _stardist_volume(tmp_path, "--format", "precomputed", "--gzip")
@@ -365,7 +358,6 @@ def test_viewer_shows_a_gzip_volume_from_the_bucket(tmp_path, s3):
     fs = fsspec.filesystem("s3")
     _public_with_cors(fs)
     viewer = RunningServer("-d", local, "--viewer", log="WARNING")  # hands out the client
-    best = 0.0
     try:
         link = viewer.viewer_line.split("Viewer: ", 1)[1].strip()
         state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
@@ -374,14 +366,7 @@ def test_viewer_shows_a_gzip_volume_from_the_bucket(tmp_path, s3):
         low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
         link = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
         z = 15
-        expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
-        for image in screenshots(_xy_view(link, z), tmp_path / "shots"):
-            seen = _volume_in_screenshot(image, stack.shape[1:])
-            if seen is None or seen.std() < 5:
-                continue  # no outline, or a uniform (black) panel
-            best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
-            if best > 0.9:
-                break
+        best = _best_correlation(link, stack, (low, high), z, tmp_path / "shots")
     finally:
         viewer.stop()
         fs.call_s3("delete_bucket_policy", Bucket=BUCKET)

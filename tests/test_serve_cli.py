@@ -227,6 +227,21 @@ def _volume_in_screenshot(image: np.ndarray, shape_yx: tuple[int, int]) -> np.nd
     return image[ys.astype(int)[:, None], xs.astype(int)[None, :], 1].astype(float)
 
 
+def _best_correlation(link: str, stack: np.ndarray, window, z: int, folder) -> float:
+    low, high = window
+    expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
+    best = 0.0
+    # screenshots until the panel matches the plane: a grey panel only means not drawn yet
+    for image in screenshots(_xy_view(link, z), folder):
+        seen = _volume_in_screenshot(image, stack.shape[1:])
+        if seen is None or seen.std() < 5:
+            continue  # no outline, or a uniform (black or grey) panel
+        best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
+        if best > 0.9:
+            break
+    return best
+
+
 def _need_browser() -> None:
     if CHROMIUM is None:
         if os.environ.get("CI"):
@@ -357,21 +372,12 @@ def test_viewer_in_headless_chromium_shows_the_volume(tmp_path, options):
     if options:
         assert any(name.endswith(".shard") for name in os.listdir(os.path.join(dest, "1_1_1")))
     server = RunningServer("-d", dest, "--viewer", log="WARNING")
-    best = 0.0
     z = 15
     try:
         link = server.viewer_line.split("Viewer: ", 1)[1].strip()
         state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
         low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
-        expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
-        url = _xy_view(link, z)
-        for image in screenshots(url, tmp_path / "volume"):
-            seen = _volume_in_screenshot(image, stack.shape[1:])
-            if seen is None or seen.std() < 5:
-                continue  # no outline, or a uniform (black or grey) panel
-            best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
-            if best > 0.9:
-                break
+        best = _best_correlation(link, stack, (low, high), z, tmp_path / "volume")
     finally:
         server.stop()
     print(f"viewer panel vs plane {z}: correlation {best:.3f}")
@@ -383,7 +389,6 @@ def test_viewer_shows_a_sharded_volume_served_by_nginx(tmp_path):
     """Our sharded output needs no special server: plain nginx (byte ranges) serves it."""
     _need_browser()
     need_nginx()
-    best = 0.0
     with readable_folder("viewer-nginx-") as folder:
         stack, dest = _stardist_volume(
             folder, "--format", "precomputed", "--sharded", "--task-memory", "1M"
@@ -398,14 +403,7 @@ def test_viewer_shows_a_sharded_volume_served_by_nginx(tmp_path):
             low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
             link = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
             z = 15
-            expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
-            for image in screenshots(_xy_view(link, z), tmp_path / "nginx-shots"):
-                seen = _volume_in_screenshot(image, stack.shape[1:])
-                if seen is None or seen.std() < 5:
-                    continue
-                best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
-                if best > 0.9:
-                    break
+            best = _best_correlation(link, stack, (low, high), z, tmp_path / "nginx-shots")
     assert best > 0.9, f"the sharded volume served by nginx does not show: {best:.2f}"
 
 

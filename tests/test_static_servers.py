@@ -176,21 +176,13 @@ def test_viewer_shows_a_gzip_volume_served_by_nginx(tmp_path):
     import json
     import urllib.parse
 
-    from browserkit import screenshots
-    from test_serve_cli import (
-        RunningServer,
-        _need_browser,
-        _stardist_volume,
-        _volume_in_screenshot,
-        _xy_view,
-    )
+    from test_serve_cli import RunningServer, _best_correlation, _need_browser, _stardist_volume
 
     _need_browser()
     stack, dest = _stardist_volume(tmp_path, "--format", "precomputed", "--gzip")
     assert all(n.endswith(".gz") for n in os.listdir(os.path.join(dest, "1_1_1")))
     nginx = Nginx(tmp_path / "nginx", os.path.dirname(dest))
     viewer = RunningServer("-d", dest, "--viewer", log="WARNING")  # hands out the client
-    best = 0.0
     try:
         link = viewer.viewer_line.split("Viewer: ", 1)[1].strip()
         state = json.loads(urllib.parse.unquote(link.split("#!", 1)[1]))
@@ -198,14 +190,7 @@ def test_viewer_shows_a_gzip_volume_served_by_nginx(tmp_path):
         low, high = state["layers"][0]["shaderControls"]["normalized"]["range"]
         link = link.split("#!", 1)[0] + "#!" + urllib.parse.quote(json.dumps(state))
         z = 15
-        expected = np.clip((stack[z].astype(float) - low) / (high - low), 0, 1) * 255
-        for image in screenshots(_xy_view(link, z), tmp_path / "shots"):
-            seen = _volume_in_screenshot(image, stack.shape[1:])
-            if seen is None or seen.std() < 5:
-                continue  # no outline, or a uniform (black) panel
-            best = max(best, float(np.corrcoef(seen.ravel(), expected.ravel())[0, 1]))
-            if best > 0.9:
-                break
+        best = _best_correlation(link, stack, (low, high), z, tmp_path / "shots")
     finally:
         viewer.stop()
         nginx.stop()

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
 
@@ -102,27 +102,15 @@ def _exit_when_gone(driver_pid: int) -> None:
 
     def watch() -> None:
         try:
-            # Linux 5.3+: a descriptor that becomes readable when the process ends, no polling
-            with _pid_descriptor(driver_pid) as ready:
-                select.select([ready], [], [])
-        except OSError:
+            ready = os.pidfd_open(driver_pid)  # Linux 5.3+: readable once the process ends
+        except (AttributeError, OSError):  # another platform, an older kernel, or already gone
             while psutil.pid_exists(driver_pid):
                 time.sleep(1.0)
+        else:
+            select.select([ready], [], [])
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
-
-
-@contextlib.contextmanager
-def _pid_descriptor(pid: int) -> Iterator[int]:
-    open_pid = getattr(os, "pidfd_open", None)
-    if open_pid is None:
-        raise OSError("no pidfd_open on this platform")
-    fd = open_pid(pid)  # OSError on kernels before 5.3, or when the process is gone
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def _blosc_lock_for_this_process_only() -> None:

@@ -29,14 +29,22 @@ def _entry(tag: int, kind: int, value: int) -> tuple[int, int, int, int]:
     return (tag, kind, 1, value)
 
 
+def _ifd_size(n_entries: int) -> int:
+    return 2 + 12 * n_entries + 4  # entry count, 12-byte entries, next IFD's offset
+
+
+def _ifd(entries: list[tuple[int, int, int, int]], next_ifd: int) -> bytes:
+    n = len(entries)
+    return struct.pack("<H" + "HHII" * n + "I", n, *sum(entries, ()), next_ifd)
+
+
 def _later_ifds(
     template: list[tuple[int, int, int, int]], at: int, data_at: int, strip_sizes: list[int]
 ) -> bytes:
     """The IFDs of pages 2 to n, back to back from byte `at`: one template repeated, with each
     page's strip offset and size and the next IFD's offset set in one numpy step each (a
     struct.pack per page was a twentieth of a tiff conversion's worker time)."""
-    n = len(template)
-    size = 2 + 12 * n + 4
+    size = _ifd_size(len(template))
     tags = [tag for tag, *_ in template]
     value = [2 + 12 * tags.index(tag) + 8 for tag in (273, 279)]
     fields = np.dtype(
@@ -47,8 +55,7 @@ def _later_ifds(
             "itemsize": size,
         }
     )
-    one = struct.pack("<H" + "HHII" * n + "I", n, *sum(template, ()), 0)
-    ifds = np.frombuffer(bytearray(one * (len(strip_sizes) - 1)), fields)
+    ifds = np.frombuffer(bytearray(_ifd(template, 0) * (len(strip_sizes) - 1)), fields)
     sizes = np.asarray(strip_sizes, np.int64)
     ifds["offset"] = data_at + np.cumsum(sizes)[:-1]
     ifds["size"] = sizes[1:]
@@ -85,22 +92,17 @@ def encode_tiff_chunk(data: np.ndarray) -> bytes:
         ]
 
     # every IFD after the first has the same tags, so the same size
-    n_later = len(tags(0, 0))
-    first_size, later_size = 2 + 12 * (n_later + 1) + 4, 2 + 12 * n_later + 4
-    description_offset = 8 + first_size + (pages - 1) * later_size
+    later = tags(0, 0)
+    first_size = _ifd_size(len(later) + 1)
+    description_offset = 8 + first_size + (pages - 1) * _ifd_size(len(later))
     offset = description_offset + len(description)
     if offset + sum(len(strip) for strip in strips) >= 2**32:
         raise ValueError("a TIFF chunk file must stay below 4 GiB (classic TIFF)")
-    out = [b"II*\x00", struct.pack("<I", 8)]
-    next_ifd = 8 + first_size
     described = (270, _ASCII, len(description), description_offset)
     first = tags(offset, len(strips[0]), described)
-    next_or_end = next_ifd if pages > 1 else 0
-    out.append(
-        struct.pack("<H" + "HHII" * len(first) + "I", len(first), *sum(first, ()), next_or_end)
-    )
+    out = [b"II*\x00", struct.pack("<I", 8), _ifd(first, 8 + first_size if pages > 1 else 0)]
     if pages > 1:
-        out.append(_later_ifds(tags(0, 0), next_ifd, offset, [len(s) for s in strips]))
+        out.append(_later_ifds(later, 8 + first_size, offset, [len(s) for s in strips]))
     out.append(description)
     out += strips
     return b"".join(out)
