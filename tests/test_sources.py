@@ -125,6 +125,30 @@ def test_truncated_tiff(tmp_path):
         open_source(str(tmp_path / "*.tif"))
 
 
+def test_a_plane_rewritten_in_another_layout_after_a_read_reads_its_new_voxels(tmp_path):
+    stack = random_stack((2, 30, 40), "uint16", seed=3)
+    source = open_source(write_planes(tmp_path, stack))
+    box = Box((0, 4, 0), (40, 20, 2))
+    np.testing.assert_array_equal(source.read(box), stack[box.numpy_slices()])
+    for options in ({"description": "x" * 5000}, {"compression": "zlib"}, {"byteorder": ">"}):
+        stack[1] = random_stack((1, 30, 40), "uint16", seed=len(options) + 7)[0] ^ 0x5A5A
+        tifffile.imwrite(tmp_path / "plane_0001.tif", stack[1], **options)
+        np.testing.assert_array_equal(source.read(box), stack[box.numpy_slices()])
+
+
+def test_a_plane_cut_short_after_opening_fails_its_read_with_the_file_named(tmp_path):
+    source = open_source(write_planes(tmp_path, random_stack((2, 64, 64), "uint16")))
+    whole = Box((0, 0, 0), (64, 64, 2))
+    source.read(whole)
+    path = tmp_path / "plane_0001.tif"
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(SourceError, match="plane_0001.tif.*truncated"):
+        source.read(whole)
+    path.unlink()
+    with pytest.raises(SourceError, match="plane_0001.tif"):
+        source.read(whole)
+
+
 def test_shape_mismatch_names_the_file_and_both_shapes(tmp_path):
     write_planes(tmp_path, random_stack((2, 10, 12), "uint16"))
     tifffile.imwrite(tmp_path / "plane_0002.tif", np.zeros((10, 11), np.uint16))

@@ -8,6 +8,7 @@ reorder, threshold or rescale voxels.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import logging
@@ -158,7 +159,7 @@ class TiffPlanesSource:
 
         def read_one(z: int) -> None:
             if self.samples == 1:
-                out[z - z0] = _read_plane_region(self.paths[z], y0, y1, x0, x1)
+                _read_plane_region_into(self.paths[z], y0, y1, x0, x1, out[z - z0])
                 return
             region = _read_samples(self.paths[z])[y0:y1, x0:x1]
             out[z - z0] = region if self.channel is None else region[..., self.channel]
@@ -346,32 +347,100 @@ def _remote_location(url: str) -> FsspecLocation:
         raise SourceError(str(exc)) from exc
 
 
-def _read_plane_region(path: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    """Rows y0:y1, columns x0:x1 of a one-plane TIFF, decoding only the strips or tiles needed."""
+@dataclass(frozen=True)
+class _RawPlane:
+    """Where an uncompressed, contiguous plane's rows are in its file."""
+
+    offset: int
+    dtype: np.dtype[Any]  # in the file's byte order
+    height: int
+    width: int
+
+
+@functools.lru_cache(maxsize=8192)
+def _raw_plane(path: str, size: int, mtime_ns: int, inode: int) -> _RawPlane | None:
+    """The layout of an uncompressed plane, or None for one that needs decoding.
+
+    Keyed by the file's size, time and inode, so a plane replaced mid-run is parsed again: a
+    task reads a band of rows of each plane, so every plane is opened by many tasks, and parsing
+    its header each time cost more than reading the band.
+    """
     try:
         with _tiff(path) as tif:
             page = tif.pages.first
-            dtype = np.dtype(page.dtype)
+            if not (page.is_contiguous and page.compression == 1 and not page.is_tiled):
+                return None
+            byteorder = "<" if tif.byteorder == "<" else ">"
+            dtype = np.dtype(page.dtype).newbyteorder(byteorder)
+            offset = int(page.dataoffsets[0])
+            height, width = int(page.shape[-2]), int(page.shape[-1])
+    except Exception as exc:  # tifffile raises many kinds for damaged files
+        raise SourceError(f"cannot read plane {path!r}: {exc}") from exc
+    if offset + height * width * dtype.itemsize > size:
+        raise SourceError(f"plane {path!r} is truncated")
+    return _RawPlane(offset, dtype, height, width)
+
+
+def _read_plane_region_into(path: str, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> None:
+    """Rows y0:y1, columns x0:x1 of a one-plane TIFF into `out`.
+
+    An uncompressed local plane is read with one ``preadv`` of just those rows, straight into
+    `out` when they are whole rows in its byte order; anything else goes through tifffile.
+    """
+    if is_remote(path):
+        out[...] = _read_plane_region(path, y0, y1, x0, x1)
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise SourceError(f"cannot read plane {path!r}: {exc.strerror}") from exc
+    try:
+        stat = os.fstat(fd)
+        plane = _raw_plane(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if plane is None:
+            out[...] = _read_plane_region(path, y0, y1, x0, x1)
+            return
+        whole_rows = (
+            x0 == 0 and x1 == plane.width and out.dtype == plane.dtype and out.flags.c_contiguous
+        )
+        rows = out if whole_rows else np.empty((y1 - y0, plane.width), plane.dtype)
+        row_bytes = plane.width * plane.dtype.itemsize
+        _read_exactly(fd, rows.data.cast("B"), plane.offset + y0 * row_bytes, path)
+        if not whole_rows:
+            out[...] = rows[:, x0:x1]
+    finally:
+        os.close(fd)
+
+
+def _read_exactly(fd: int, target: memoryview, offset: int, path: str) -> None:
+    done = 0
+    while done < len(target):
+        try:
+            got = _preadinto(fd, target[done:], offset + done)
+        except OSError as exc:
+            raise SourceError(f"cannot read plane {path!r}: {exc.strerror}") from exc
+        if got == 0:
+            raise SourceError(f"plane {path!r} is truncated")
+        done += got
+
+
+def _preadinto(fd: int, target: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [target], offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # Windows has no preadv; the descriptor is this call's own
+    data = os.read(fd, len(target))
+    target[: len(data)] = data
+    return len(data)
+
+
+def _read_plane_region(path: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Rows y0:y1, columns x0:x1 of a one-plane TIFF in an object store or one that needs
+    decoding, reading only the rows, strips or tiles needed."""
+    try:
+        with _tiff(path) as tif:
+            page = tif.pages.first
             if page.is_contiguous and page.compression == 1 and not page.is_tiled:
-                if is_remote(path):
-                    return _read_rows(tif, page, y0, y1, x0, x1)
-                byteorder = "<" if tif.byteorder == "<" else ">"
-                size = file_size(path)
-                offset = int(page.dataoffsets[0])
-                height, width = page.shape[-2], page.shape[-1]
-                if offset + height * width * dtype.itemsize > size:
-                    raise SourceError(f"plane {path!r} is truncated")
-                # a memory map reads only the pages holding the rows and columns asked for
-                plane = np.memmap(
-                    path,
-                    dtype.newbyteorder(byteorder),
-                    mode="r",
-                    offset=offset,
-                    shape=(height, width),
-                )
-                rows = np.array(plane[y0:y1, x0:x1], dtype.newbyteorder("="))
-                del plane
-                return rows
+                return _read_rows(tif, page, y0, y1, x0, x1)
             return _decode_segments(tif, page, y0, y1, x0, x1)
     except SourceError:
         raise
