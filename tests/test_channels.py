@@ -317,6 +317,19 @@ def test_an_imagej_hyperstack_becomes_its_channels(tmp_path, axes):
             np.testing.assert_array_equal(array[0, c], reference_pyramid(stacks[c], 2)[level])
 
 
+def test_a_one_plane_imagej_file_of_channels_becomes_a_volume_per_channel(tmp_path):
+    from precomputed_tif import open_volume
+
+    planes = channel_stacks((1, 20, 24), seed=5)[:, 0]  # (c, y, x): one z, three channels
+    path = tmp_path / "cyx.tif"
+    tifffile.imwrite(path, planes, imagej=True, metadata={"axes": "CYX"})
+    dest = tmp_path / "out"
+    done = run("--source", str(path), "--dest", str(dest), "--format", "zarr", "--log", "WARNING")
+    assert done.returncode == 0, done.stderr
+    for c in range(3):
+        np.testing.assert_array_equal(open_volume(str(dest / f"c{c}"))[1][0], planes[c])
+
+
 @pytest.mark.parametrize(
     "bad, fragment",
     [

@@ -222,14 +222,13 @@ class MultiPageTiffSource:
         out = np.empty(box.numpy_shape + samples, self.dtype)
         (x0, y0, z0), (x1, y1, z1) = box.start, box.stop
         page_shape = self.stack_shape[1:] + ((self.samples,) if self.samples > 1 else ())
-        single = self.stack_shape[0] == 1 and self.channel_pages == (0,)
         many = len(self.channel_pages) > 1
         try:
             with tifffile.TiffFile(self.path) as tif:
                 for z in range(z0, z1):
                     for c, first in enumerate(self.channel_pages):
                         key = z * self.page_step + first
-                        plane = tif.asarray() if single else tif.asarray(series=0, key=key)
+                        plane = tif.asarray(series=0, key=key)
                         plane = plane.reshape(page_shape)[y0:y1, x0:x1]
                         if many:
                             out[z - z0, ..., c] = plane
