@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import tifffile
 from conftest import random_stack, write_planes
 from precomputed_tif import SourceError, open_source
 from precomputed_tif.geometry import Box
+from precomputed_tif.sources import _raw_stack
 
 FLAVOURS = {
     "uncompressed": {},
@@ -184,6 +186,81 @@ def test_a_hyperstack_reads_as_its_channels(tmp_path):
     np.testing.assert_array_equal(
         source.read(Box((0, 0, 1), (12, 10, 3))), np.moveaxis(data[1:3], 1, -1)
     )
+
+
+MULTI_PAGE = {
+    "contiguous": {},
+    "imagej": {"imagej": True, "metadata": {"axes": "ZYX"}},
+    "big_endian": {"byteorder": ">"},
+    "bigtiff": {"bigtiff": True},
+    "deflate": {"compression": "zlib"},
+    "page_by_page": {"pages": True},
+}
+
+
+@pytest.mark.parametrize("flavour", MULTI_PAGE)
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_every_multi_page_flavour_reads_back_exactly(tmp_path, flavour, dtype):
+    stack = random_stack((5, 37, 45), dtype, seed=2)
+    path = tmp_path / "stack.tif"
+    options = dict(MULTI_PAGE[flavour])
+    if options.pop("pages", False):  # one write per page: an IFD before each page's data
+        with tifffile.TiffWriter(path) as tif:
+            for plane in stack:
+                tif.write(plane, contiguous=False, metadata=None)
+    else:
+        tifffile.imwrite(path, stack, **options)
+    source = open_source(str(path))
+    assert source.size == (45, 37, 5) and source.dtype == np.dtype(dtype)
+    # the uncompressed stacks are read row by row, past tifffile; the others through it
+    stat = os.stat(path)
+    raw = _raw_stack(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    assert (raw is not None) == (flavour not in ("deflate", "page_by_page"))
+    for box in [
+        Box((0, 0, 0), (45, 37, 5)),
+        Box((0, 5, 1), (45, 22, 4)),
+        Box((7, 5, 2), (40, 9, 3)),
+    ]:
+        got = source.read(box)
+        assert got.dtype.isnative
+        np.testing.assert_array_equal(got, stack[box.numpy_slices()])
+    # a task's pages: the sub-stack's page 0 is the file's page 2
+    np.testing.assert_array_equal(
+        source.sub_stack(2, 5).read(Box((0, 3, 1), (45, 30, 3))), stack[3:5, 3:30, :]
+    )
+
+
+def test_a_hyperstack_of_two_channels_reads_each_channel_alone(tmp_path):
+    path = tmp_path / "hyperstack.tif"
+    data = np.random.default_rng(5).integers(0, 60000, (6, 2, 20, 24), dtype=np.uint16)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZCYX"})
+    from precomputed_tif.sources import channel_sources
+
+    for c, part in enumerate(channel_sources(open_source(str(path)))):
+        box = Box((3, 2, 1), (24, 17, 5))
+        np.testing.assert_array_equal(part.read(box), data[1:5, c, 2:17, 3:24])
+
+
+def test_a_file_of_several_series_warns_that_only_the_first_is_converted(tmp_path, caplog):
+    path = tmp_path / "appended.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for plane in random_stack((5, 20, 24), "uint16"):
+            tif.write(plane)  # tifffile's shaped metadata: a series per write
+    with caplog.at_level(logging.WARNING):
+        source = open_source(str(path))
+    assert source.size == (24, 20, 1)
+    assert "appended.tif holds 5 pages; only its first series (1 pages" in caplog.text
+
+
+def test_a_stack_cut_short_after_opening_fails_its_read_with_the_file_named(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, random_stack((6, 64, 64), "uint16"))
+    source = open_source(str(path))
+    whole = Box((0, 0, 0), (64, 64, 6))
+    source.read(whole)
+    path.write_bytes(path.read_bytes()[:20000])
+    with pytest.raises(SourceError, match="stack.tif"):
+        source.read(whole)
 
 
 def test_unsupported_dtype(tmp_path):
