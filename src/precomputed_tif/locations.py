@@ -24,6 +24,8 @@ import urllib.parse
 import zlib
 from typing import Any, Protocol
 
+import numpy as np
+
 from .errors import StoreError
 
 LOCAL_SCHEMES = ("", "file")
@@ -44,7 +46,25 @@ def is_remote(url: str) -> bool:
     return url_scheme(url) not in LOCAL_SCHEMES
 
 
-def write_atomically(path: str, data: bytes | memoryview, tmp_dir: str | None = None) -> None:
+# a file's content: one buffer, or a list of buffers (bytes, memoryviews, numpy arrays) written
+# one after another, so that a shard of tens of MiB is never joined into one more copy
+Content = bytes | memoryview | list[Any]
+
+
+def _buffers(data: Content) -> list[Any]:
+    pieces = data if isinstance(data, list) else [data]
+    return [
+        np.ascontiguousarray(p).reshape(-1).view(np.uint8) if isinstance(p, np.ndarray) else p
+        for p in pieces
+    ]
+
+
+def joined(data: Content) -> bytes:
+    """`data` as one bytes object (for stores that take a whole object in one request)."""
+    return b"".join(bytes(p) for p in _buffers(data))
+
+
+def write_atomically(path: str, data: Content, tmp_dir: str | None = None) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one.
 
     The bytes go first to a temporary file in `tmp_dir` (on the same file system; default: beside
@@ -63,7 +83,8 @@ def write_atomically(path: str, data: bytes | memoryview, tmp_dir: str | None = 
         fd, tmp = create_temporary(folder, name)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in _buffers(data):
+                f.write(piece)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -145,7 +166,7 @@ class Location(Protocol):
 class WritableLocation(Location, Protocol):
     """A location that can also be written: a local folder or an object store."""
 
-    def write(self, name: str, data: bytes | memoryview) -> None: ...
+    def write(self, name: str, data: Content) -> None: ...
 
     def write_gzip(self, name: str, packed: bytes) -> None:
         """Store gzip bytes so that web servers and readers unpack them for `name`."""
@@ -175,7 +196,7 @@ class LocalLocation:
     def _file(self, name: str) -> str:
         return os.path.join(self.path, *name.split("/")) if name else self.path
 
-    def write(self, name: str, data: bytes | memoryview) -> None:
+    def write(self, name: str, data: Content) -> None:
         path = self._file(name)
         try:
             write_atomically(path, data, self.tmp_dir)
@@ -385,9 +406,9 @@ class FsspecLocation:
         except (OSError, ValueError) as exc:
             raise self._fail("read", name, exc) from exc
 
-    def write(self, name: str, data: bytes | memoryview) -> None:
+    def write(self, name: str, data: Content) -> None:
         try:
-            self.fs.pipe_file(self._path(name), bytes(data))
+            self.fs.pipe_file(self._path(name), joined(data))
         except (OSError, ValueError) as exc:
             raise self._fail("write", name, exc) from exc
 

@@ -219,7 +219,7 @@ def write_sharded(
             continue
         # rows: one gather, straight into the shard
         parts = [rows[group]] if rows is not None else [items[int(i)] for i in group]
-        content = _shard_bytes(spec, keys[group], minishard[group], sizes[group], parts)
+        content = _shard_pieces(spec, keys[group], minishard[group], sizes[group], parts)
         folder.write(spec.shard_name(int(shard[group[0]])), content)
         files += 1
     return files
@@ -238,17 +238,16 @@ def encode_blob(blob: bytes) -> bytes:
     return gzip_compress(blob)
 
 
-def _shard_bytes(
+def _shard_pieces(
     spec: ShardingSpec,
     keys: np.ndarray,
     minishards: np.ndarray,
     sizes: np.ndarray,
     parts: Sequence[bytes | np.ndarray],
-) -> memoryview:
-    """One shard file: index, the blobs `parts` (in minishard then key order), minishard tables.
-
-    Assembled in one buffer, each part copied into it once: a shard is tens of MiB, and every
-    intermediate copy of it is memory the task budget must hold.
+) -> list[bytes | np.ndarray]:
+    """One shard file's pieces: index, the blobs `parts` (in minishard then key order), minishard
+    tables. They are written one after another: a shard is tens of MiB, and joining them would
+    be one more copy of it, in memory the task budget must hold.
     """
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
     index = np.zeros((1 << spec.minishard_bits, 2), "<u8")
@@ -270,18 +269,7 @@ def _shard_bytes(
         index[int(minishards[part[0]])] = (position, position + len(encoded))
         position += len(encoded)
         tables.append(encoded)
-    pieces = [index.tobytes(), *parts, *tables]
-    out = bytearray(sum(_nbytes(p) for p in pieces))
-    position = 0
-    for piece in pieces:
-        size = _nbytes(piece)
-        if isinstance(piece, np.ndarray):
-            target = np.frombuffer(out, piece.dtype, piece.size, position)
-            target.reshape(piece.shape)[...] = piece
-        else:
-            out[position : position + size] = piece
-        position += size
-    return memoryview(out)
+    return [index.tobytes(), *parts, *tables]
 
 
 def morton_bits(grid_shape: Sequence[int]) -> list[int]:

@@ -104,8 +104,9 @@ def encode_chunk(data: np.ndarray) -> bytes:
     return blosc_encode(little, CNAME, CLEVEL, SHUFFLE)
 
 
-def assemble_shard(inner_grid: Index, blobs: dict[Index, bytes]) -> bytes:
-    """A ``sharding_indexed`` shard: the inner chunks in C order, then the index and its CRC.
+def assemble_shard(inner_grid: Index, blobs: dict[Index, bytes]) -> list[bytes]:
+    """A ``sharding_indexed`` shard's pieces, written one after another (never joined into one
+    more copy): the inner chunks in C order, then the index and its CRC.
 
     `blobs` maps an inner chunk's position in the shard to its encoded bytes; absent chunks get
     the empty entry and read as fill.
@@ -123,7 +124,7 @@ def assemble_shard(inner_grid: Index, blobs: dict[Index, bytes]) -> bytes:
     table = index.astype("<u8").tobytes()
     parts.append(table)
     parts.append(google_crc32c.value(table).to_bytes(4, "little"))
-    return b"".join(parts)
+    return parts
 
 
 # --- reading -------------------------------------------------------------------------------
