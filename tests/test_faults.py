@@ -520,3 +520,28 @@ def test_a_pool_with_a_stuck_worker_still_shuts_down(monkeypatch):
     closing.join(120)
     assert not closing.is_alive(), "shutdown waited for a worker that never finishes"
     assert not workers[0].is_alive()
+
+
+def test_a_stopped_pool_has_closed_its_wake_up_pipe_before_returning():
+    """Ctrl-C stops the pool and the process exits. CPython 3.11's exit hook writes to the pool
+    manager's wake-up pipe without its lock, so if the manager thread is still closing that
+    pipe the user sees an EBADF traceback after the one-line message (seen once in CI). `stop`
+    must leave no manager thread running and the pipe already closed."""
+    import threading
+    from concurrent.futures import process as cpython_pool
+
+    from precomputed_tif import executors
+
+    pool = executors.process_pool(1)
+    pool.submit(time.sleep, 3600)
+    workers = list(pool._processes.values())
+    while not workers[0].is_alive():
+        time.sleep(0.01)
+    wakeup = pool._executor_manager_thread_wakeup
+    pool.stop()
+    managers = [
+        t for t in threading.enumerate() if isinstance(t, cpython_pool._ExecutorManagerThread)
+    ]
+    assert not managers
+    assert wakeup._closed
+    assert not workers[0].is_alive()

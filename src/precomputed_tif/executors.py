@@ -166,6 +166,7 @@ class _StoppablePool(ProcessPoolExecutor):
     def stop(self) -> None:
         """Cancel queued tasks and end the workers now (running tasks are lost, not recorded)."""
         processes = list((getattr(self, "_processes", None) or {}).values())
+        manager = getattr(self, "_executor_manager_thread", None)
         self.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             if process.is_alive():
@@ -174,6 +175,11 @@ class _StoppablePool(ProcessPoolExecutor):
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()
+        # the pool's manager thread closes its wake-up pipe as it ends; if the interpreter exits
+        # meanwhile, CPython's exit hook (before 3.12) may write to that pipe as it closes and
+        # print an EBADF traceback after our one-line message: let the thread end first
+        if manager is not None:
+            manager.join(SHUTDOWN_GRACE_SECONDS)
 
 
 class DaskExecutor:
