@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -479,7 +480,7 @@ def assert_same_files(dest: str, reference: str, log: str = "") -> None:
         if name in ours and name in theirs and name.endswith(".tiff"):
             a, b = (tifffile.imread(os.path.join(r, name)) for r in (dest, reference))
             same = np.array_equal(a, b) and a.dtype == b.dtype
-            x, y = (open(os.path.join(r, name), "rb").read() for r in (dest, reference))
+            x, y = (Path(r, name).read_bytes() for r in (dest, reference))
             at = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
             details.append(
                 f"{name}: voxels {'equal' if same else 'differ'} ({a.dtype}, {b.dtype}); "

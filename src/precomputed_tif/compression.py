@@ -33,16 +33,23 @@ def crc32(data: Any) -> int:
     return int(_isal.crc32(data) if _isal is not None else zlib.crc32(data))
 
 
+# Below this size the standard library's zlib encodes: a run's bytes must not depend on the
+# process's history, and twice in CI two identical runs wrote one tiny coarse chunk's page
+# (60 bytes of voxels) as 63 and as 64 deflated bytes; every time it was a page this small.
+# zlib costs nothing measurable there, and ISA-L keeps every page of real size.
+_SMALL = 4096
+
+
 def zlib_compress(data: Any) -> bytes:
     """`data` (bytes or a contiguous buffer) as a zlib stream (TIFF's deflate)."""
-    if _isal is not None:
+    if _isal is not None and memoryview(data).nbytes >= _SMALL:
         return _isal.compress(data, _LEVEL)
     return zlib.compress(data, _LEVEL)
 
 
 def gzip_compress(data: Any) -> bytes:
     """`data` as a gzip member with mtime 0 (Neuroglancer's ``gzip`` encodings)."""
-    if _isal is not None:
+    if _isal is not None and memoryview(data).nbytes >= _SMALL:
         return _isal.compress(data, _LEVEL, wbits=_GZIP_WBITS)
     compressor = zlib.compressobj(_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
     return compressor.compress(data) + compressor.flush()
