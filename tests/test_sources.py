@@ -38,11 +38,16 @@ def test_every_flavour_reads_back_exactly(tmp_path, flavour, dtype):
     assert source.size == (45, 37, 4)
     assert source.dtype == np.dtype(dtype)
     # whole planes, and bands and columns that cut strips and tiles in the middle
-    for box in [
-        Box((0, 0, 0), (45, 37, 4)),
-        Box((7, 5, 1), (40, 22, 3)),
-        Box((44, 36, 3), (45, 37, 4)),
-    ]:
+    assert_boxes_read_back(
+        source,
+        stack,
+        [Box((0, 0, 0), (45, 37, 4)), Box((7, 5, 1), (40, 22, 3)), Box((44, 36, 3), (45, 37, 4))],
+    )
+
+
+def assert_boxes_read_back(source, stack: np.ndarray, boxes: list[Box]) -> None:
+    """Each box reads as native-order voxels equal to the numpy stack's."""
+    for box in boxes:
         got = source.read(box)
         assert got.dtype.isnative
         np.testing.assert_array_equal(got, stack[box.numpy_slices()])
@@ -216,14 +221,11 @@ def test_every_multi_page_flavour_reads_back_exactly(tmp_path, flavour, dtype):
     stat = os.stat(path)
     raw = _raw_stack(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     assert (raw is not None) == (flavour not in ("deflate", "page_by_page"))
-    for box in [
-        Box((0, 0, 0), (45, 37, 5)),
-        Box((0, 5, 1), (45, 22, 4)),
-        Box((7, 5, 2), (40, 9, 3)),
-    ]:
-        got = source.read(box)
-        assert got.dtype.isnative
-        np.testing.assert_array_equal(got, stack[box.numpy_slices()])
+    assert_boxes_read_back(
+        source,
+        stack,
+        [Box((0, 0, 0), (45, 37, 5)), Box((0, 5, 1), (45, 22, 4)), Box((7, 5, 2), (40, 9, 3))],
+    )
     # a task's pages: the sub-stack's page 0 is the file's page 2
     np.testing.assert_array_equal(
         source.sub_stack(2, 5).read(Box((0, 3, 1), (45, 30, 3))), stack[3:5, 3:30, :]
