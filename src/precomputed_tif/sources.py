@@ -8,13 +8,14 @@ reorder, threshold or rescale voxels.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import hashlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -353,12 +354,7 @@ def _read_raw_pages(source: MultiPageTiffSource, box: Box, out: np.ndarray) -> b
     rows asked for per page; False (nothing read) for any other file, which tifffile reads."""
     if is_remote(source.path):
         return False
-    try:
-        fd = os.open(source.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        raise SourceError(f"cannot read {source.path!r}: {exc.strerror}") from exc
-    try:
-        stat = os.fstat(fd)
+    with _opened(source.path, "") as (fd, stat):
         stack = _raw_stack(source.path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
         if stack is None:
             return False
@@ -371,12 +367,23 @@ def _read_raw_pages(source: MultiPageTiffSource, box: Box, out: np.ndarray) -> b
                 target = out[z - z0, ..., c] if len(source.channel_pages) > 1 else out[z - z0]
                 _read_rows_into(fd, stack, offset, y0, y1, x0, x1, target, source.path)
         return True
+
+
+@contextlib.contextmanager
+def _opened(path: str, what: str) -> Iterator[tuple[int, os.stat_result]]:
+    """A local file's descriptor and its `fstat`, closed on leaving; `what` names it in errors."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise SourceError(f"cannot read {what}{path!r}: {exc.strerror}") from exc
+    try:
+        yield fd, os.fstat(fd)
     finally:
         os.close(fd)
 
 
 @functools.lru_cache(maxsize=64)
-def _raw_stack(path: str, size: int, mtime_ns: int, inode: int) -> _RawPlane | None:
+def _raw_stack(path: str, size: int, mtime_ns: int, inode: int) -> _RawLayout | None:
     """Where the first series of a multi-page TIFF is, when its pages are uncompressed one-sample
     planes stored one after another (what ImageJ and tifffile write): the offset of page 0."""
     try:
@@ -394,12 +401,13 @@ def _raw_stack(path: str, size: int, mtime_ns: int, inode: int) -> _RawPlane | N
         raise SourceError(f"cannot read {path!r}: {exc}") from exc
     if int(offset) + pages * height * width * dtype.itemsize > size:
         raise SourceError(f"{path!r} is truncated")
-    return _RawPlane(int(offset), dtype, height, width)
+    return _RawLayout(int(offset), dtype, height, width)
 
 
 @dataclass(frozen=True)
-class _RawPlane:
-    """Where an uncompressed, contiguous plane's rows are in its file."""
+class _RawLayout:
+    """Where uncompressed, contiguous pages are in a file: the first one's offset and the
+    shape and dtype every page shares (one plane, or a whole multi-page stack)."""
 
     offset: int
     dtype: np.dtype[Any]  # in the file's byte order
@@ -408,7 +416,7 @@ class _RawPlane:
 
 
 @functools.lru_cache(maxsize=8192)
-def _raw_plane(path: str, size: int, mtime_ns: int, inode: int) -> _RawPlane | None:
+def _raw_plane(path: str, size: int, mtime_ns: int, inode: int) -> _RawLayout | None:
     """The layout of an uncompressed plane, or None for one that needs decoding.
 
     Keyed by the file's size, time and inode, so a plane replaced mid-run is parsed again: a
@@ -428,7 +436,7 @@ def _raw_plane(path: str, size: int, mtime_ns: int, inode: int) -> _RawPlane | N
         raise SourceError(f"cannot read plane {path!r}: {exc}") from exc
     if offset + height * width * dtype.itemsize > size:
         raise SourceError(f"plane {path!r} is truncated")
-    return _RawPlane(offset, dtype, height, width)
+    return _RawLayout(offset, dtype, height, width)
 
 
 def _read_plane_region_into(path: str, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> None:
@@ -440,24 +448,17 @@ def _read_plane_region_into(path: str, y0: int, y1: int, x0: int, x1: int, out: 
     if is_remote(path):
         out[...] = _read_plane_region(path, y0, y1, x0, x1)
         return
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
-        raise SourceError(f"cannot read plane {path!r}: {exc.strerror}") from exc
-    try:
-        stat = os.fstat(fd)
+    with _opened(path, "plane ") as (fd, stat):
         plane = _raw_plane(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
         if plane is None:
             out[...] = _read_plane_region(path, y0, y1, x0, x1)
             return
         _read_rows_into(fd, plane, plane.offset, y0, y1, x0, x1, out, path)
-    finally:
-        os.close(fd)
 
 
 def _read_rows_into(
     fd: int,
-    plane: _RawPlane,
+    plane: _RawLayout,
     offset: int,
     y0: int,
     y1: int,
