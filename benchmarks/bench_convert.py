@@ -91,8 +91,9 @@ TS_PEER = {
     "ours-precomputed-sharded-raw": "tensorstore-sharded",
     "tensorstore-sharded": None,
     "tensorstore-sharded-gzip": None,
-    "ours-ngff": "tensorstore-zarr3-sharded",
+    "ours-ngff": "tensorstore-zarr3",  # one file per chunk, as ours
     "ours-ngff-sharded": "tensorstore-zarr3-sharded",
+    "tensorstore-zarr3": None,
     "tensorstore-zarr3-sharded": None,
 }
 OPT_IN_ROWS = ("tensorstore-sharded-gzip",)
@@ -449,6 +450,8 @@ def main() -> None:
     recipe("tensorstore-sharded-gzip", "recipe_tensorstore.py", ("tensorstore",), ts_gzip)
     if any(f.startswith("ngff") for f in formats):
         shards = ngff_shards(size, dtype, levels, NGFF_TASK_MEMORY)
+        zarr3 = ("tensorstore", "precomputed_tif")
+        recipe("tensorstore-zarr3", "recipe_tensorstore_zarr3.py", zarr3, [*lv, "--shards", "none"])
         recipe(
             "tensorstore-zarr3-sharded",
             "recipe_tensorstore_zarr3.py",

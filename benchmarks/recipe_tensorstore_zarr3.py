@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Peer recipe: the OME-Zarr 0.5 pyramid of ``--format ngff --sharded`` written with TensorStore.
+"""Peer recipe: the OME-Zarr 0.5 pyramid of ``--format ngff [--sharded]`` written with TensorStore.
 
-usage: recipe_tensorstore_zarr3.py 'STACK/*.tif' OUT --levels N --shards X,Y,Z[;X,Y,Z...]
+usage: recipe_tensorstore_zarr3.py 'STACK/*.tif' OUT --levels N --shards X,Y,Z[;X,Y,Z...]|none
 
 The same arrays as ours: one zarr v3 array per level at OUT/0, OUT/1, ..., shape (1, 1, z, y, x),
 ``sharding_indexed`` shards of the given voxels (one X,Y,Z per level, the last repeated), inner
-chunks of `--chunk`^3 Blosc-zstd level 1 with byte shuffle, index at the end with crc32c. Level 1
+chunks of `--chunk`^3 Blosc-zstd level 1 with byte shuffle, index at the end with crc32c
+(``--shards none``: those chunks one file each, as unsharded ``--format ngff``). Level 1
 is written from slabs one shard thick (every write covers whole shards; while TensorStore commits
 slab i this process reads slab i+1); every next level is ``ts.downsample(prev, [1,1,2,2,2],
 "mean")`` written to the next array. The OME group ``zarr.json`` is written last. Prints one JSON
@@ -29,7 +30,9 @@ import tensorstore as ts
 from _stack import CHUNK, XYZ, level_sizes, list_planes, read_slab, stack_shape
 
 
-def array_spec(out: Path, level: int, dtype: np.dtype, size: XYZ, shard: XYZ, chunk: int) -> Any:
+def array_spec(
+    out: Path, level: int, dtype: np.dtype, size: XYZ, shard: XYZ | None, chunk: int
+) -> Any:
     x, y, z = size
     blosc = {
         "name": "blosc",
@@ -40,32 +43,35 @@ def array_spec(out: Path, level: int, dtype: np.dtype, size: XYZ, shard: XYZ, ch
             "typesize": dtype.itemsize,
         },
     }
+    inner = [{"name": "bytes", "configuration": {"endian": "little"}}, blosc]
+    if shard is None:
+        grid, codecs = [1, 1, chunk, chunk, chunk], inner
+    else:
+        grid = [1, 1, shard[2], shard[1], shard[0]]
+        codecs = [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": [1, 1, chunk, chunk, chunk],
+                    "codecs": inner,
+                    "index_codecs": [
+                        {"name": "bytes", "configuration": {"endian": "little"}},
+                        {"name": "crc32c"},
+                    ],
+                    "index_location": "end",
+                },
+            }
+        ]
     return {
         "driver": "zarr3",
         "kvstore": {"driver": "file", "path": f"{out}/{level - 1}/"},
         "metadata": {
             "shape": [1, 1, z, y, x],
             "data_type": dtype.name,
-            "chunk_grid": {
-                "name": "regular",
-                "configuration": {"chunk_shape": [1, 1, shard[2], shard[1], shard[0]]},
-            },
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": grid}},
             "chunk_key_encoding": {"name": "default"},
             "fill_value": 0,
-            "codecs": [
-                {
-                    "name": "sharding_indexed",
-                    "configuration": {
-                        "chunk_shape": [1, 1, chunk, chunk, chunk],
-                        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, blosc],
-                        "index_codecs": [
-                            {"name": "bytes", "configuration": {"endian": "little"}},
-                            {"name": "crc32c"},
-                        ],
-                        "index_location": "end",
-                    },
-                }
-            ],
+            "codecs": codecs,
             "dimension_names": ["t", "c", "z", "y", "x"],
         },
         "create": True,
@@ -86,14 +92,18 @@ def main() -> None:
     planes = list_planes(a.source)
     size, dtype = stack_shape(planes)
     sizes = level_sizes(size, a.levels)
-    shards = [tuple(int(v) for v in s.split(",")) for s in a.shards.split(";")]
+    shards: list[Any] = (
+        [None]
+        if a.shards == "none"
+        else [tuple(int(v) for v in s.split(",")) for s in a.shards.split(";")]
+    )
     shards += [shards[-1]] * (a.levels - len(shards))
     a.out.mkdir(parents=True, exist_ok=True)
     context = ts.Context()
 
     base = ts.open(array_spec(a.out, 1, dtype, size, shards[0], a.chunk), context=context).result()
     x, y, z = size
-    thick = shards[0][2]
+    thick = a.chunk if shards[0] is None else shards[0][2]
     slab = np.empty((thick, y, x), dtype)
     pending: Any = None
     with ThreadPoolExecutor(a.read_threads) as pool:
@@ -133,9 +143,9 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "recipe": "tensorstore-zarr3-sharded",
+                "recipe": "tensorstore-zarr3" + ("" if shards[0] is None else "-sharded"),
                 "tensorstore": version("tensorstore"),
-                "shards": [list(s) for s in shards[: a.levels]],
+                "shards": [s and list(s) for s in shards[: a.levels]],
                 "level1_s": round(t_level1, 3),
                 "downsample_s": round(total - t_level1, 3),
                 "total_s": round(total, 3),
