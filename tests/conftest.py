@@ -91,6 +91,7 @@ def convert_stack(
     task_bytes=2**30,
     voxel_size_nm=(1800, 1800, 2000),
     executor=None,
+    factors=(2, 2, 2),
 ):
     """Convert in process (serially unless given an executor); returns the pyramid."""
     from precomputed_tif import Budget, convert, create_store, open_source, plan_pyramid
@@ -104,6 +105,7 @@ def convert_stack(
         chunk_size=chunk,
         levels=levels,
         segmentation=segmentation,
+        factors=factors,
     )
     store = create_store(fmt, dest, pyramid)
     convert(

@@ -203,3 +203,50 @@ def test_warns_when_a_level_crowds_one_folder(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         convert_stack(source, str(tmp_path / "b"), "blockfs", chunk=(8, 8, 8))
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("fmt", ["precomputed", "blockfs"])
+@pytest.mark.parametrize("factors", [(2, 2, 2), (2, 2, 1)])
+@pytest.mark.parametrize("method", ["mean", "max"])
+def test_a_coarser_level_is_made_a_slab_at_a_time_with_the_whole_regions_voxels(
+    tmp_path, monkeypatch, fmt, factors, method
+):
+    """A later stage's task reads the finer level one slab of chunks' depth at a time (the whole
+    region at once was most of its memory); every output plane must come out as from the whole
+    region, also where the volume's odd edge ends a slab short."""
+    from precomputed_tif.run import downsample_channels, downsampled_region
+
+    stack = random_stack((45, 21, 30), "uint16", seed=11)  # z 45: five 8-plane slabs and an odd end
+    source = write_planes(tmp_path / "planes", stack)
+    pyramid = convert_stack(source, str(tmp_path / "out"), fmt, chunk=(8, 8, 8), factors=factors)
+    store = create_store(fmt, str(tmp_path / "out"), pyramid)
+    level2 = full_box(pyramid.scale(2).size)
+    whole = downsample_channels(
+        store.read_region(1, full_box(pyramid.scale(1).size)), pyramid.factor(2), method=method
+    )
+    depths = []
+    read_region = type(store).read_region
+
+    def recording(self, level, box, *, keep=True):
+        depths.append(box.stop[2] - box.start[2])
+        assert keep is False  # read once: no store cache may keep these chunks
+        return read_region(self, level, box, keep=keep)
+
+    monkeypatch.setattr(type(store), "read_region", recording)
+    made = downsampled_region(store, 2, level2, method=method)
+    assert depths == [8, 8, 8, 8, 8, 5]
+    np.testing.assert_array_equal(made, whole)
+    if factors == (2, 2, 2) and method == "mean":
+        np.testing.assert_array_equal(made, reference_pyramid(stack, 2)[1])
+
+
+def test_a_region_read_once_is_not_kept_in_the_chunk_cache(tmp_path):
+    stack = random_stack((20, 20, 20), "uint16", seed=2)
+    source = write_planes(tmp_path / "planes", stack)
+    pyramid = convert_stack(source, str(tmp_path / "out"), "precomputed", chunk=(8, 8, 8))
+    store = create_store("precomputed", str(tmp_path / "out"), pyramid)
+    region = full_box(pyramid.scale(1).size)
+    np.testing.assert_array_equal(store.read_region(1, region, keep=False), stack)
+    assert store._cache.size == 0
+    np.testing.assert_array_equal(store.read_region(1, region), stack)
+    assert store._cache.size == stack.nbytes  # its 27 chunks, kept for the next read

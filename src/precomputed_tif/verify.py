@@ -20,7 +20,7 @@ import numpy as np
 from .encodings import decode_chunk, encode_chunk
 from .errors import StoreError
 from .geometry import Box, chunks_in, full_box
-from .run import LOSSY_ENCODINGS, downsample_channels
+from .run import LOSSY_ENCODINGS, downsampled_region
 from .sources import PlaneSource
 from .stores import ChunkStore
 
@@ -80,7 +80,7 @@ def check_chunks(store: ChunkStore, level: int, boxes: list[Box]) -> list[Proble
     samples = (channels,) if channels > 1 else ()
     for box in boxes:
         try:
-            data = store.read_chunk(level, box)
+            (data,) = store.read_chunks(level, [box], keep=False)
         except Exception as exc:  # every reader failure is damage to report, not to raise
             problems.append(Problem(level, box, f"damaged ({exc})"))
             continue
@@ -191,12 +191,9 @@ def _compare(
     if level == 1:
         expected = source.read(box)
     else:
-        finer = pyramid.scale(level - 1)
-        if finer.encoding in LOSSY_ENCODINGS:
+        if pyramid.scale(level - 1).encoding in LOSSY_ENCODINGS:
             return None
-        factor = pyramid.factor(level)
-        region = box.scaled_up(factor, finer.size)
-        expected = downsample_channels(store.read_region(level - 1, region), factor, method=method)
+        expected = downsampled_region(store, level, box, method=method)
     if scale.encoding in LOSSY_ENCODINGS:  # what a reader decodes from the exact voxels
         blob = encode_chunk(expected, scale.encoding)
         expected = decode_chunk(

@@ -15,6 +15,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
+from math import prod
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ from ..pyramid import Pyramid
 INFO_NAME = "info"
 STATE_DIR = ".precomputed-tif"
 TMP_DIR = "tmp"
+# decoded chunks a region read holds at once before copying them into the region
+REGION_READ_BATCH_BYTES = 32 << 20
 
 
 def load_json(location: Location, name: str) -> dict[str, Any] | None:
@@ -197,24 +200,32 @@ class ChunkStore(ABC):
         data = self.read_chunk(level, box)
         return None if data is None else (hash(data.tobytes()),)
 
-    def read_chunks(self, level: int, boxes: list[Box]) -> list[np.ndarray | None]:
-        """Several chunks; layouts with latency (URLs) fetch them concurrently."""
+    def read_chunks(
+        self, level: int, boxes: list[Box], *, keep: bool = True
+    ) -> list[np.ndarray | None]:
+        """Several chunks; layouts with latency (URLs) fetch them concurrently. `keep=False`
+        says they are read once (a task's input): a store that caches chunks leaves them out."""
         return [self.read_chunk(level, box) for box in boxes]
 
-    def read_region(self, level: int, box: Box) -> np.ndarray:
+    def read_region(self, level: int, box: Box, *, keep: bool = True) -> np.ndarray:
         """Any box of `level` as a (z, y, x) array, (z, y, x, c) for several channels; unwritten
-        chunks and outside read as zero."""
+        chunks and outside read as zero. `keep` as for `read_chunks`."""
         scale = self.pyramid.scale(level)
         channels = self.pyramid.num_channels
         out = np.zeros(box.numpy_shape + ((channels,) if channels > 1 else ()), self.pyramid.dtype)
         chunks = [chunk for _, chunk in chunks_in(box, scale.chunk_size, scale.size)]
-        for chunk, data in zip(chunks, self.read_chunks(level, chunks)):
-            if data is None:
-                continue
-            part = chunk.intersect(box)
-            out[part.relative_to(box.start).numpy_slices()] = data[
-                part.relative_to(chunk.start).numpy_slices()
-            ]
+        # a few MiB of decoded chunks at a time: all of them at once doubled a task's memory
+        chunk_bytes = out.itemsize * (channels if channels > 1 else 1) * prod(scale.chunk_size)
+        batch = max(1, REGION_READ_BATCH_BYTES // chunk_bytes)
+        for first in range(0, len(chunks), batch):
+            some = chunks[first : first + batch]
+            for chunk, data in zip(some, self.read_chunks(level, some, keep=keep)):
+                if data is None:
+                    continue
+                part = chunk.intersect(box)
+                out[part.relative_to(box.start).numpy_slices()] = data[
+                    part.relative_to(chunk.start).numpy_slices()
+                ]
         return out
 
     def level_path(self, level: int) -> str:

@@ -135,6 +135,9 @@ class PrecomputedStore(ChunkStore):
         return blob
 
     def read_chunk(self, level: int, box: Box) -> np.ndarray | None:
+        return self._read_chunk(level, box, keep=True)
+
+    def _read_chunk(self, level: int, box: Box, *, keep: bool) -> np.ndarray | None:
         cached = self._cache[(level, box)]
         if cached is not None:
             return cached
@@ -153,7 +156,8 @@ class PrecomputedStore(ChunkStore):
             block_size=scale.segmentation_block_size or (8, 8, 8),
             channels=self.pyramid.num_channels,
         )
-        self._cache.put((level, box), data, data.nbytes)
+        if keep:
+            self._cache.put((level, box), data, data.nbytes)
         return data
 
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
@@ -163,11 +167,13 @@ class PrecomputedStore(ChunkStore):
             return self.files.stamp(name) or self.files.stamp(name + ".gz")
         return super().chunk_stamp(level, box)
 
-    def read_chunks(self, level: int, boxes: list[Box]) -> list[np.ndarray | None]:
+    def read_chunks(
+        self, level: int, boxes: list[Box], *, keep: bool = True
+    ) -> list[np.ndarray | None]:
         if len(boxes) < 2:
-            return super().read_chunks(level, boxes)
+            return [self._read_chunk(level, box, keep=keep) for box in boxes]
         with ThreadPoolExecutor(min(READ_THREADS, len(boxes))) as pool:
-            return list(pool.map(lambda box: self.read_chunk(level, box), boxes))
+            return list(pool.map(lambda box: self._read_chunk(level, box, keep=keep), boxes))
 
 
 def gzip_note(dest: str) -> str:
