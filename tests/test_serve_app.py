@@ -472,3 +472,12 @@ def test_only_folders_holding_a_neuroglancer_source_are_detected(tmp_path, info,
         with pytest.raises(ConfigError, match="holds no volume"):
             resolve_source("x", str(tmp_path), None)
     assert resolve_source("x", str(tmp_path), "raw").format == "raw"
+
+
+def test_the_viewer_states_voxel_size_is_the_infos_in_metres_without_float_noise():
+    from precomputed_tif.serve.viewer import viewer_state
+
+    info = {"scales": [{"resolution": [1000, 1800, 2000], "size": [8, 8, 8]}], "num_channels": 1}
+    state = viewer_state("http://127.0.0.1:1", [("v", "", info, None, None)])
+    assert state["dimensions"] == {"x": [1e-06, "m"], "y": [1.8e-06, "m"], "z": [2e-06, "m"]}
+    assert "0000000" not in json.dumps(state["dimensions"])  # 1000 * 1e-9 is 1.0000000000000002e-06

@@ -105,7 +105,8 @@ def viewer_state(base_url: str, layers: list[Layer], layout: str = "4panel") -> 
     size = scale.get("size", [1, 1, 1])
     offset = scale.get("voxel_offset", [0, 0, 0])
     state: dict[str, Any] = {
-        "dimensions": {axis: [float(r) * 1e-9, "m"] for axis, r in zip("xyz", resolution)},
+        # nm to m by division: 1000 / 1e9 is 1e-06, 1000 * 1e-9 is 1.0000000000000002e-06
+        "dimensions": {axis: [float(r) / 1e9, "m"] for axis, r in zip("xyz", resolution)},
         "position": [o + s / 2 for o, s in zip(offset, size)],
         "crossSectionScale": max(size[:2]) / 500,
         "projectionScale": max(size) * 2,
