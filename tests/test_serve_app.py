@@ -481,3 +481,40 @@ def test_the_viewer_states_voxel_size_is_the_infos_in_metres_without_float_noise
     state = viewer_state("http://127.0.0.1:1", [("v", "", info, None, None)])
     assert state["dimensions"] == {"x": [1e-06, "m"], "y": [1.8e-06, "m"], "z": [2e-06, "m"]}
     assert "0000000" not in json.dumps(state["dimensions"])  # 1000 * 1e-9 is 1.0000000000000002e-06
+
+
+def test_a_raw_file_kept_in_memory_is_read_again_once_rewritten(volumes, tmp_path, monkeypatch):
+    """Without a file wrapper (granian), files are read whole and kept with the chunks under
+    the ETag of their stat: a file rewritten in place or replaced is read again, at once."""
+    import precomputed_tif.serve.app as app_module
+
+    folder = shutil.copytree(volumes["raw"], tmp_path / "raw")
+    name = sorted(os.listdir(folder / "1_1_1"))[0]
+    path = folder / "1_1_1" / name
+    reads = []
+    whole_region = app_module._whole_region
+    monkeypatch.setattr(
+        app_module, "_whole_region", lambda region: reads.append(region) or whole_region(region)
+    )
+    app = app_for(str(folder))
+    url = f"/1_1_1/{name}"
+    original = path.read_bytes()
+    assert call(app, url).body == original
+    assert call(app, url).body == original
+    assert len(reads) == 1  # the second answer came from memory
+
+    changed = bytes(255 - b for b in original)
+    stat = path.stat()
+    path.write_bytes(changed)  # in place: same size and inode, a later time
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert call(app, url).body == changed
+
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(original)
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    os.replace(replacement, path)  # same size and time as the cached bytes, another inode
+    assert call(app, url).body == original
+
+    assert call(app, url, headers={"Range": "bytes=10-19"}).body == original[10:20]
+    assert call(app, url, headers={"Range": "bytes=20-29"}).body == original[20:30]
+    assert call(app_for(str(folder), cache_bytes=0), url).body == original
