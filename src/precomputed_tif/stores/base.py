@@ -215,7 +215,7 @@ class ChunkStore(ABC):
         out = np.zeros(box.numpy_shape + ((channels,) if channels > 1 else ()), self.pyramid.dtype)
         chunks = [chunk for _, chunk in chunks_in(box, scale.chunk_size, scale.size)]
         # a few MiB of decoded chunks at a time: all of them at once doubled a task's memory
-        chunk_bytes = out.itemsize * (channels if channels > 1 else 1) * prod(scale.chunk_size)
+        chunk_bytes = out.itemsize * channels * prod(scale.chunk_size)
         batch = max(1, REGION_READ_BATCH_BYTES // chunk_bytes)
         for first in range(0, len(chunks), batch):
             some = chunks[first : first + batch]
