@@ -287,6 +287,46 @@ def test_nothing_outside_the_folder_is_ever_served(tmp_path, path):
         assert b"SECRET" not in reply.body
 
 
+def test_links_made_while_serving_never_lead_outside_the_folder(tmp_path):
+    """A folder or file swapped for a link after requests were answered, and the served folder
+    itself moved away and its name made a link elsewhere: never a byte from outside. A folder
+    made anew under the same name is served again."""
+    outside = tmp_path / "outside"
+    (outside / "1_1_1").mkdir(parents=True)
+    (outside / "1_1_1" / "chunk").write_bytes(b"SECRET-CONTENT")
+    (outside / "info").write_text("SECRET-CONTENT")
+    served = tmp_path / "vol"
+
+    def make_folder() -> None:
+        (served / "1_1_1").mkdir(parents=True)
+        (served / "1_1_1" / "chunk").write_bytes(b"inside")
+        (served / "info").write_text("{}")
+
+    make_folder()
+    app = PrecomputedApp(single=resolve_source("", str(served), "raw"))
+    assert call(app, "/1_1_1/chunk").body == b"inside"
+
+    os.rename(served / "1_1_1" / "chunk", tmp_path / "old_chunk")
+    os.symlink(outside / "1_1_1" / "chunk", served / "1_1_1" / "chunk")
+    assert call(app, "/1_1_1/chunk").status == 404
+    os.rename(served / "1_1_1", tmp_path / "old_level")
+    os.symlink(outside / "1_1_1", served / "1_1_1")
+    assert call(app, "/1_1_1/chunk").status == 404
+
+    os.rename(served, tmp_path / "old_vol")
+    os.symlink(outside, served)
+    for path in ["/1_1_1/chunk", "/info"]:
+        reply = call(app, path)
+        assert reply.status == 404 and b"SECRET" not in reply.body, path
+
+    os.unlink(served)
+    make_folder()  # a new inode under the configured name
+    assert call(app, "/1_1_1/chunk").body == b"inside"
+    os.rename(served, tmp_path / "old_vol2")
+    os.symlink(outside, served)
+    assert call(app, "/1_1_1/chunk").status == 404
+
+
 @settings(
     max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
 )
