@@ -15,6 +15,7 @@ file when the absolute paths recorded in it no longer exist (a moved dataset).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -174,6 +175,7 @@ def encode_entries(offsets: np.ndarray, sizes: np.ndarray, metadata: dict[str, A
     return np.ascontiguousarray(as_bytes[:, :width]).tobytes()
 
 
+@functools.lru_cache(maxsize=1024)  # asked for by every request the server answers
 def checksum_path(directory_path: str) -> str:
     """Where the CRC-32 of every block of a level we wrote is kept: in the run state, beside the
     volume, so the blockfs files stay as the original reader expects them."""
@@ -588,10 +590,15 @@ class BlockfsStore(ChunkStore):
     # --- reading -----------------------------------------------------------------------
     def chunk_stamp(self, level: int, box: Box) -> tuple[int, ...] | None:
         directory, stamp = _open_directory_stamped(self.directory_path(level))
-        stamps = [
-            directory.block_stamp(*block.start)
-            for _, block in chunks_in(box, directory.block_size_xyz, directory.extent_xyz)
-        ]
+        size = directory.block_size_xyz
+        if size == box.size and not any(a % n for a, n in zip(box.start, size)):
+            # a chunk that is one block, as we write them
+            stamps = [directory.block_stamp(*box.start)]
+        else:
+            stamps = [
+                directory.block_stamp(*block.start)
+                for _, block in chunks_in(box, directory.block_size_xyz, directory.extent_xyz)
+            ]
         found = [s for s in stamps if s is not None]
         if not found:
             return None
