@@ -327,6 +327,31 @@ def test_links_made_while_serving_never_lead_outside_the_folder(tmp_path):
     assert call(app, "/1_1_1/chunk").status == 404
 
 
+@pytest.mark.parametrize("fmt", ["blockfs", "tiff"])
+def test_a_decoded_volume_whose_folder_name_is_made_a_link_elsewhere_is_not_served(
+    tmp_path, volumes, fmt
+):
+    """As for raw files: chunks come only from the folder configured, and again from a folder
+    made anew under its name."""
+    served = tmp_path / "vol"
+    shutil.copytree(volumes[fmt], served)
+    app = PrecomputedApp(single=resolve_source("", str(served), fmt))
+    chunk = "/1_1_1/0-16_0-16_0-16"
+    expected = call(app, chunk)
+    assert expected.status == 200
+
+    os.rename(served, tmp_path / "moved")
+    shutil.copytree(tmp_path / "moved", tmp_path / "copy")
+    os.symlink(tmp_path / "copy", served)  # the same bytes, in another folder reached by a link
+    assert call(app, chunk).status == 404
+    assert call(app, "/info").status == 404
+
+    os.unlink(served)
+    shutil.copytree(tmp_path / "copy", served)  # made anew: a new inode under the same name
+    again = call(app, chunk)
+    assert again.status == 200 and again.body == expected.body
+
+
 @settings(
     max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
 )

@@ -141,6 +141,9 @@ def serve_chunk(
     source: Source, stores: StoreCache, cache: ChunkCache, key: str, name: str
 ) -> Response:
     """Neuroglancer's raw bytes of chunk `name` of the scale whose key is `key`."""
+    remote = is_remote(source.directory)
+    if not remote and not _still_configured(source.directory):
+        raise HttpError(404, "not found")
     store = stores.get(source)
     pyramid = store.pyramid
     level = next((i + 1 for i, s in enumerate(pyramid.scales) if s.key == key), None)
@@ -163,7 +166,6 @@ def serve_chunk(
     stamp = store.chunk_stamp(level, local)
     if stamp is None:
         raise HttpError(404, f"chunk {name} was never written")
-    remote = is_remote(source.directory)
     cache_key = (source.directory, level, local, stamp)
     body = cache.get(cache_key)
     if body is None:
@@ -270,6 +272,14 @@ def _resolved(source: Source, parts: list[str]) -> tuple[str, os.stat_result | N
 
 
 _FOLDER_IDENTITIES: dict[str, tuple[int, int]] = {}
+
+
+def _still_configured(folder: str) -> bool:
+    """Whether a local volume's folder is still the one configured (`_is_as_configured`)."""
+    try:
+        return _is_as_configured(folder, os.stat(folder))
+    except OSError:
+        return False
 
 
 def _is_as_configured(folder: str, now: os.stat_result) -> bool:
