@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
-import os
 import pstats
 import random
 import sys
@@ -26,16 +24,13 @@ from typing import Any
 
 
 def chunk_paths(volume: str, seed: int) -> list[str]:
-    with open(os.path.join(volume, "info")) as f:
-        info = json.load(f)
+    from precomputed_tif import open_store
+    from precomputed_tif.geometry import chunks_in, full_box
+
     paths = []
-    for scale in info["scales"]:
-        (cx, cy, cz), (sx, sy, sz) = scale["chunk_sizes"][0], scale["size"]
-        for z in range(0, sz, cz):
-            for y in range(0, sy, cy):
-                for x in range(0, sx, cx):
-                    name = f"{x}-{min(x + cx, sx)}_{y}-{min(y + cy, sy)}_{z}-{min(z + cz, sz)}"
-                    paths.append(f"/{scale['key']}/{name}")
+    for scale in open_store(volume).pyramid.scales:
+        for _, box in chunks_in(full_box(scale.size), scale.chunk_size, scale.size):
+            paths.append(f"/{scale.key}/{box.chunk_name}")
     random.Random(seed).shuffle(paths)
     return paths
 

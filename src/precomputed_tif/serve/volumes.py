@@ -258,7 +258,7 @@ def _resolved(source: Source, parts: list[str]) -> tuple[str, os.stat_result | N
     folder = source.directory
     path = folder
     try:
-        if parts and _is_as_configured(folder, os.stat(folder)):
+        if parts and _still_configured(folder):
             for part in parts:
                 path = os.path.join(path, part)
                 found = os.lstat(path)
@@ -275,16 +275,12 @@ _FOLDER_IDENTITIES: dict[str, tuple[int, int]] = {}
 
 
 def _still_configured(folder: str) -> bool:
-    """Whether a local volume's folder is still the one configured (`_is_as_configured`)."""
+    """Whether a local volume's folder is the (device, inode) recorded the first time it was
+    asked for (or, after it was made anew, the last time) while it was its own real path."""
     try:
-        return _is_as_configured(folder, os.stat(folder))
+        now = os.stat(folder)
     except OSError:
         return False
-
-
-def _is_as_configured(folder: str, now: os.stat_result) -> bool:
-    """Whether `folder` is the (device, inode) recorded the first time it was asked for (or,
-    after it was made anew, the last time) while it was its own real path."""
     identity = (now.st_dev, now.st_ino)
     if _FOLDER_IDENTITIES.get(folder) == identity:
         return True
