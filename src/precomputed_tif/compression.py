@@ -1,11 +1,15 @@
-"""The byte compressors chunks are written with: deflate from the fastest encoder, and Blosc.
+"""The byte compressors chunks are written with: deflate through libdeflate, and Blosc.
 
-Deflate (zlib and gzip containers): ISA-L (the ``isal`` package) encodes microscopy chunks about
-4x faster than zlib at level 1 for a size within 2% (``benchmarks/bench_codecs.py``); its output
-is plain RFC 1950/1952 that zlib, Neuroglancer, TensorStore, CloudVolume, tifffile and the
-original precomputed-tif all decode. Without ``isal`` (a platform it has no wheel for) the
-standard library's zlib writes the same containers. Either encoder is deterministic, so a resumed
-run rewrites identical bytes. Blosc (zarr, blockfs) runs in the calling thread: `blosc_encode`.
+Deflate (zlib and gzip containers) is libdeflate's level 1, through imagecodecs (which tifffile
+needs anyway): about twice zlib level 1's speed on microscopy chunks, and a few percent smaller
+(``benchmarks/bench_codecs.py``); its output is plain RFC 1950/1952 that zlib, Neuroglancer,
+TensorStore, CloudVolume, tifffile and the original precomputed-tif all decode. It is also the
+same bytes in every process: a resumed run rewrites what an uninterrupted one wrote. ISA-L, a
+third faster still, was dropped for that reason: its streams for the same page changed with the
+process's address-space layout (in about one process in three, each deflating the same
+32,768 pages of the benchmark stack: some 1 page in 100,000). Where imagecodecs lacks
+libdeflate, the standard library's zlib writes the same containers. Blosc (zarr, blockfs) runs
+in the calling thread: `blosc_encode`.
 """
 
 from __future__ import annotations
@@ -15,42 +19,37 @@ from typing import Any
 
 import numpy as np
 
-_isal: Any
+_libdeflate: Any
 try:
-    from isal import isal_zlib as _isal
-except ImportError:  # pragma: no cover - isal is a dependency wherever it has wheels
-    _isal = None
+    import imagecodecs as _libdeflate
 
-ENCODER = "isal" if _isal is not None else "zlib"
-# ISA-L's level 1 (of 0-3) keeps zlib level 1's ratio at ~4x its speed; zlib's own level 1 when
-# falling back: the data is written once and read many times, but the converter is codec-bound
+    if not _libdeflate.DEFLATE.available:  # pragma: no cover - every imagecodecs wheel has it
+        _libdeflate = None
+except ImportError:  # pragma: no cover - imagecodecs is a dependency
+    _libdeflate = None
+
+ENCODER = "libdeflate" if _libdeflate is not None else "zlib"
+# level 1: the data is written once and read many times, but the converter is codec-bound
 _LEVEL = 1
 _GZIP_WBITS = 31  # gzip header and trailer, no file name, mtime 0: deterministic bytes
 
 
 def crc32(data: Any) -> int:
-    """zlib's CRC-32 of `data` (ISA-L's is the same checksum, ~4x faster): blockfs block sums."""
-    return int(_isal.crc32(data) if _isal is not None else zlib.crc32(data))
-
-
-# Below this size the standard library's zlib encodes: a run's bytes must not depend on the
-# process's history, and twice in CI two identical runs wrote one tiny coarse chunk's page
-# (60 bytes of voxels) as 63 and as 64 deflated bytes; every time it was a page this small.
-# zlib costs nothing measurable there, and ISA-L keeps every page of real size.
-_SMALL = 4096
+    """zlib's CRC-32 of `data` (libdeflate's is the same checksum, ~15x faster): blockfs sums."""
+    return int(_libdeflate.deflate_crc32(data) if _libdeflate is not None else zlib.crc32(data))
 
 
 def zlib_compress(data: Any) -> bytes:
     """`data` (bytes or a contiguous buffer) as a zlib stream (TIFF's deflate)."""
-    if _isal is not None and memoryview(data).nbytes >= _SMALL:
-        return _isal.compress(data, _LEVEL)
+    if _libdeflate is not None:
+        return bytes(_libdeflate.deflate_encode(data, level=_LEVEL))
     return zlib.compress(data, _LEVEL)
 
 
 def gzip_compress(data: Any) -> bytes:
     """`data` as a gzip member with mtime 0 (Neuroglancer's ``gzip`` encodings)."""
-    if _isal is not None and memoryview(data).nbytes >= _SMALL:
-        return _isal.compress(data, _LEVEL, wbits=_GZIP_WBITS)
+    if _libdeflate is not None:
+        return bytes(_libdeflate.gzip_encode(data, level=_LEVEL))
     compressor = zlib.compressobj(_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
     return compressor.compress(data) + compressor.flush()
 

@@ -1,7 +1,7 @@
 """Writing a TIFF chunk file: z pages of (y, x), one deflate strip each, classic little-endian.
 
 tifffile's general writer spends ~2 ms of Python per chunk file on a layout this simple (seeks,
-tag objects, resolution tags for every page), more than deflating the chunk with ISA-L
+tag objects, resolution tags for every page), more than deflating the chunk with libdeflate
 (``benchmarks/README.md``). This writes the same layout directly: the header, every page's IFD
 back to back (so readers find all strips in the first kilobytes), the first page's shape
 description as tifffile writes it (``{"shape": [z, y, x]}``, which tifffile and the original

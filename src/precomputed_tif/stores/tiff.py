@@ -1,8 +1,8 @@
 """``--format tiff``: one deflate-compressed 3D TIFF per chunk, ``R_R_R/x0-x1_y0-y1_z0-z1.tiff``.
 
 Pages run along z, each page is (y, x) in one strip, as the original precomputed-tif writes them.
-Any deflate level reads the same: the strips are encoded by `compression` (ISA-L when installed,
-faster than zlib at its level 1; see benchmarks/bench_codecs.py) and laid out by `_tiff_writer`
+Any deflate level reads the same: the strips are encoded by `compression` (libdeflate, twice
+zlib's speed at its level 1; see benchmarks/bench_codecs.py) and laid out by `_tiff_writer`
 (tifffile's general writer costs more than the deflating). Chunks are read back, by the next
 level and by the server, through `_tiff_pages`; tifffile reads any file of another layout.
 """
