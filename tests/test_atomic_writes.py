@@ -109,3 +109,22 @@ def test_readers_see_the_old_file_or_the_whole_new_one(tmp_path, way):
         stop.set()
         reader.join()
     assert seen <= set(sizes), seen
+
+
+def test_where_the_link_is_refused_files_are_written_the_portable_way(tmp_path, monkeypatch):
+    if not locations._TMPFILE:
+        pytest.skip("no O_TMPFILE on this system")
+    monkeypatch.setattr(locations, "_TMPFILE", locations._TMPFILE)  # restored afterwards
+    real_link, links = os.link, []
+
+    def refused(*args, **kwargs):
+        links.append(args)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refused)
+    for name in ("a", "b"):
+        locations.write_atomically(str(tmp_path / name), name.encode())
+    monkeypatch.setattr(os, "link", real_link)
+    assert (tmp_path / "a").read_bytes() == b"a" and (tmp_path / "b").read_bytes() == b"b"
+    assert len(links) == 1  # tried once, then this process wrote the portable way
+    assert _names(tmp_path) == ["a", "b"]

@@ -132,12 +132,16 @@ def _link_whole(fd: int, path: str) -> bool:
     # linkat(2) through /proc with AT_SYMLINK_FOLLOW, the way open(2) documents for O_TMPFILE;
     # a directory fd makes Python call linkat rather than link (the path itself is absolute)
     source = f"/proc/self/fd/{fd}"
+    global _TMPFILE
     try:
         os.link(source, path, src_dir_fd=_root_fd(), follow_symlinks=True)
         return True
     except FileExistsError:
         pass  # a rewrite: give the whole file a hidden name and rename it over the old one
     except OSError:
+        # no /proc, or a security module that forbids the link: every later file would be
+        # written twice, so this process goes the portable way from now on
+        _TMPFILE = 0
         return False
     folder, name = os.path.split(path)
     while True:
