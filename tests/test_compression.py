@@ -125,8 +125,9 @@ print(digest.hexdigest())
 
 def test_deflate_bytes_do_not_depend_on_the_process():
     """A resumed run rewrites a task's chunks in another process, with another address-space
-    layout, and must write the same bytes. (ISA-L, used before, did not, but only about once in
-    100,000 pages: too rarely for a test of this size; see `compression`.)"""
+    layout, and must write the same bytes. (ISA-L, used before, did not, but only in some
+    processes deflating tens of thousands of pages: too rarely for a test of this size; see
+    `compression`.)"""
     import subprocess
     import sys
 

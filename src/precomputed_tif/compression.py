@@ -4,10 +4,10 @@ Deflate (zlib and gzip containers) is libdeflate's level 1, through imagecodecs 
 needs anyway): about twice zlib level 1's speed on microscopy chunks, and a few percent smaller
 (``benchmarks/bench_codecs.py``); its output is plain RFC 1950/1952 that zlib, Neuroglancer,
 TensorStore, CloudVolume, tifffile and the original precomputed-tif all decode. It is also the
-same bytes in every process: a resumed run rewrites what an uninterrupted one wrote. ISA-L, a
-third faster still, was dropped for that reason: its streams for the same page changed with the
-process's address-space layout (in about one process in three, each deflating the same
-32,768 pages of the benchmark stack: some 1 page in 100,000). Where imagecodecs lacks
+same bytes in every process: a resumed run rewrites what an uninterrupted one wrote. ISA-L,
+60-70% faster still, was dropped for that reason: its level 1 streams for the same page changed
+with the process's address-space layout (in 2 of 10 processes, each deflating the same 32,768
+pages of the benchmark stack; ``bench_codecs.py --processes``). Where imagecodecs lacks
 libdeflate, the standard library's zlib writes the same containers. Blosc (zarr, blockfs) runs
 in the calling thread: `blosc_encode`.
 """
