@@ -28,7 +28,6 @@ try:
 except ImportError:  # pragma: no cover - imagecodecs is a dependency
     _libdeflate = None
 
-ENCODER = "libdeflate" if _libdeflate is not None else "zlib"
 # level 1: the data is written once and read many times, but the converter is codec-bound
 _LEVEL = 1
 _GZIP_WBITS = 31  # gzip header and trailer, no file name, mtime 0: deterministic bytes

@@ -23,7 +23,8 @@ import shutil
 import threading
 import urllib.parse
 import zlib
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -85,11 +86,21 @@ def write_atomically(path: str, data: Content, tmp_dir: str | None = None) -> No
             raise
         os.makedirs(tmp_dir, exist_ok=True)
         fd, tmp = create_temporary(folder, name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for piece in _buffers(data):
-                f.write(piece)
+    with _removed_on_failure(tmp):
+        _write_all(fd, data, close=True)
         os.replace(tmp, path)
+
+
+def _write_all(fd: int, data: Content, *, close: bool) -> None:
+    with os.fdopen(fd, "wb", closefd=close) as f:
+        for piece in _buffers(data):
+            f.write(piece)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: str) -> Iterator[None]:
+    try:
+        yield
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -120,21 +131,22 @@ def _write_unnamed(path: str, data: Content) -> bool:
     except OSError:
         return False
     try:
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            for piece in _buffers(data):
-                f.write(piece)
+        _write_all(fd, data, close=False)
         return _link_whole(fd, path)
     finally:
         os.close(fd)
 
 
 def _link_whole(fd: int, path: str) -> bool:
-    # linkat(2) through /proc with AT_SYMLINK_FOLLOW, the way open(2) documents for O_TMPFILE;
-    # a directory fd makes Python call linkat rather than link (the path itself is absolute)
-    source = f"/proc/self/fd/{fd}"
     global _TMPFILE
+
+    def link(name: str) -> None:
+        # linkat(2) through /proc with AT_SYMLINK_FOLLOW, as open(2) documents for O_TMPFILE;
+        # a directory fd makes Python call linkat rather than link (the path is absolute)
+        os.link(f"/proc/self/fd/{fd}", name, src_dir_fd=_root_fd(), follow_symlinks=True)
+
     try:
-        os.link(source, path, src_dir_fd=_root_fd(), follow_symlinks=True)
+        link(path)
         return True
     except FileExistsError:
         pass  # a rewrite: give the whole file a hidden name and rename it over the old one
@@ -143,34 +155,32 @@ def _link_whole(fd: int, path: str) -> bool:
         # written twice, so this process goes the portable way from now on
         _TMPFILE = 0
         return False
-    folder, name = os.path.split(path)
+    try:
+        _, tmp = _under_hidden_name(*os.path.split(path), make=link)
+    except OSError:
+        return False
+    with _removed_on_failure(tmp):
+        os.replace(tmp, path)
+    return True
+
+
+T = TypeVar("T")
+
+
+def _under_hidden_name(folder: str, name: str, make: Callable[[str], T]) -> tuple[T, str]:
+    """``make(tmp)`` for a new hidden name `tmp` beside `name`, trying another if it exists."""
     while True:
         tmp = os.path.join(folder, f".tmp-{secrets.token_hex(6)}-{name}")
         try:
-            os.link(source, tmp, src_dir_fd=_root_fd(), follow_symlinks=True)
-            break
+            return make(tmp), tmp
         except FileExistsError:
             continue
-        except OSError:
-            return False
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return True
 
 
 def create_temporary(folder: str, name: str) -> tuple[int, str]:
     """A new hidden file beside `name`, open for writing, mode 0666 less the umask."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = os.path.join(folder, f".tmp-{secrets.token_hex(6)}-{name}")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
+    return _under_hidden_name(folder, name, lambda tmp: os.open(tmp, flags, 0o666))
 
 
 def file_stamp(path: str) -> tuple[int, int] | None:
