@@ -17,7 +17,7 @@ import struct
 
 import numpy as np
 
-from ..compression import zlib_compress
+from ..compression import deflate_pages
 
 _LONG, _SHORT, _ASCII = 4, 3, 2
 _DEFLATE = 8  # Adobe deflate, what tifffile writes for compression="zlib"
@@ -65,12 +65,12 @@ def _later_ifds(
 
 
 def encode_tiff_chunk(data: np.ndarray) -> bytes:
-    """The TIFF file of one (z, y, x) chunk, its pages deflated by `zlib_compress`."""
+    """The TIFF file of one (z, y, x) chunk, its pages deflated by `deflate_pages`."""
     little = np.ascontiguousarray(data, data.dtype.newbyteorder("<"))
     if little.ndim != 3 or little.dtype.kind not in _SAMPLE_FORMAT or 0 in little.shape:
         raise ValueError(f"cannot write a {little.dtype} array of shape {little.shape} as pages")
     pages, height, width = little.shape
-    strips = [zlib_compress(page) for page in little]
+    strips, strip_sizes = deflate_pages(little)
     description = json.dumps({"shape": list(little.shape)}).encode("ascii") + b"\x00"
     description += b"\x00" * (len(description) & 1)  # values start on a word boundary
     sample_format = _SAMPLE_FORMAT[little.dtype.kind]
@@ -96,13 +96,12 @@ def encode_tiff_chunk(data: np.ndarray) -> bytes:
     first_size = _ifd_size(len(later) + 1)
     description_offset = 8 + first_size + (pages - 1) * _ifd_size(len(later))
     offset = description_offset + len(description)
-    if offset + sum(len(strip) for strip in strips) >= 2**32:
+    if offset + len(strips) >= 2**32:
         raise ValueError("a TIFF chunk file must stay below 4 GiB (classic TIFF)")
     described = (270, _ASCII, len(description), description_offset)
-    first = tags(offset, len(strips[0]), described)
+    first = tags(offset, strip_sizes[0], described)
     out = [b"II*\x00", struct.pack("<I", 8), _ifd(first, 8 + first_size if pages > 1 else 0)]
     if pages > 1:
-        out.append(_later_ifds(later, 8 + first_size, offset, [len(s) for s in strips]))
-    out.append(description)
-    out += strips
+        out.append(_later_ifds(later, 8 + first_size, offset, strip_sizes))
+    out += [description, strips]
     return b"".join(out)
