@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import psutil
 
 from .errors import RESUME_HINT, IncompleteRunError
-from .heap import keep_freed_blocks
+from .heap import keep_task_buffers
 
 T = TypeVar("T")
 
@@ -88,7 +88,7 @@ def _start_worker(driver_pid: int) -> None:
     _exit_when_gone(driver_pid)
     quiet_async_leftovers()
     _blosc_lock_for_this_process_only()
-    keep_freed_blocks()  # a task's buffers are the same few sizes, task after task
+    keep_task_buffers()  # a task's buffers are the same few sizes, task after task
 
 
 def _exit_when_gone(driver_pid: int) -> None:
