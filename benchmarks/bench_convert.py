@@ -19,6 +19,7 @@ printed loudly.
 from __future__ import annotations
 
 import argparse
+import gzip
 import importlib.util
 import json
 import math
@@ -59,6 +60,8 @@ FORMAT_FLAGS = {
     "blockfs": ["--format", "blockfs"],
     "precomputed": ["--format", "precomputed"],
     "precomputed-sharded": ["--format", "precomputed", "--sharded"],
+    # one gzipped file per chunk: what the gzip shards cost over files of the same bytes
+    "precomputed-gzip": ["--format", "precomputed", "--gzip"],
     # OME-Zarr; both rows with the same task memory, so their shards and tasks compare
     "ngff": ["--format", "ngff", "--task-memory", "{ngff_task_memory}"],
     "ngff-sharded": ["--format", "ngff", "--sharded", "--task-memory", "{ngff_task_memory}"],
@@ -240,9 +243,13 @@ def read_chunk(root: Path, level: int, start: XYZ, stop: XYZ, dtype: np.dtype) -
     if "sharding" not in scale:
         name = f"{start[0]}-{stop[0]}_{start[1]}-{stop[1]}_{start[2]}-{stop[2]}"
         path = root / scale["key"] / name
-        if not path.exists():
+        zipped = path.with_name(name + ".gz")  # --gzip: CloudVolume's name for a gzipped chunk
+        if zipped.exists():
+            data = np.frombuffer(gzip.decompress(zipped.read_bytes()), dtype=dtype)
+        elif path.exists():
+            data = np.fromfile(path, dtype=dtype)
+        else:
             return None
-        data = np.fromfile(path, dtype=dtype)
         shape = (stop[2] - start[2], stop[1] - start[1], stop[0] - start[0])
         if data.size != math.prod(shape):
             raise ValueError(f"{path}: {data.size} voxels, expected {math.prod(shape)}")
@@ -357,6 +364,8 @@ def peers_of(c: Contender, by_name: dict[str, Contender]) -> list[str]:
     peers = [f"original-{c.fmt}", TS_PEER.get(c.name, "tensorstore") or "", "floor"]
     if c.name.startswith("ours-precomputed-sharded"):
         peers.append("ours-precomputed")  # what sharding costs over one file per chunk
+    if c.name == "ours-precomputed-sharded":
+        peers.append("ours-precomputed-gzip")  # ... over one file per chunk, gzipped the same
     if c.name.startswith("ours-auto-"):
         peers.append(c.name.replace("auto-", ""))  # what --factors auto costs over 2,2,2
     if c.name.endswith("-3ch"):
