@@ -92,9 +92,15 @@ def write_atomically(path: str, data: Content, tmp_dir: str | None = None) -> No
 
 
 def _write_all(fd: int, data: Content, *, close: bool) -> None:
-    with os.fdopen(fd, "wb", closefd=close) as f:
+    # os.write, not a file object: making one per chunk file was 2% of a zarr task's time
+    try:
         for piece in _buffers(data):
-            f.write(piece)
+            view = memoryview(piece).cast("B")
+            while view:
+                view = view[os.write(fd, view) :]
+    finally:
+        if close:
+            os.close(fd)
 
 
 @contextlib.contextmanager
