@@ -57,9 +57,9 @@ def zlib_compress(data: Any) -> bytes:
 
 
 def deflate_pages(pages: np.ndarray) -> tuple[bytes, list[int]]:
-    """Each page (along the first axis) of `pages` as its own zlib stream, the streams back to
-    back, and each one's size: a TIFF chunk's strips. Bytes in native order, as `zlib_compress`
-    of each page would give."""
+    """Each page (along the first axis) of `pages` as its own zlib stream of the page's bytes as
+    they lie in memory, the streams back to back, and each one's size: a TIFF chunk's strips.
+    The same bytes as `zlib_compress` of each page."""
     pages = np.ascontiguousarray(pages)
     kept = _kept_compressor()
     if kept is None or pages.size == 0:
