@@ -143,6 +143,29 @@ def test_a_plane_rewritten_in_another_layout_after_a_read_reads_its_new_voxels(t
         np.testing.assert_array_equal(source.read(box), stack[box.numpy_slices()])
 
 
+def test_tasks_read_planes_with_the_layouts_the_header_pass_found(tmp_path, monkeypatch):
+    """Workers read uncompressed planes by the layout the driver's header pass found (shipped
+    in the task's source), not by parsing every header again; a plane replaced since is parsed."""
+    from precomputed_tif import sources
+
+    stack = random_stack((4, 30, 40), "uint16", seed=5)
+    source = open_source(write_planes(tmp_path, stack))
+    task_source = source.sub_stack(1, 4)
+    parsed = []
+    real = sources._raw_plane.__wrapped__
+    sources._raw_plane.cache_clear()
+    monkeypatch.setattr(
+        sources, "_raw_plane", lambda path, *key: parsed.append(path) or real(path, *key)
+    )
+    box = Box((3, 2, 0), (40, 30, 3))
+    np.testing.assert_array_equal(task_source.read(box), stack[1:4, 2:30, 3:40])
+    assert parsed == []
+    stack[2] = stack[2] ^ 0x0F0F
+    tifffile.imwrite(tmp_path / "plane_0002.tif", stack[2], description="y" * 3000)
+    np.testing.assert_array_equal(task_source.read(box), stack[1:4, 2:30, 3:40])
+    assert parsed == [str(tmp_path / "plane_0002.tif")]
+
+
 def test_a_plane_cut_short_after_opening_fails_its_read_with_the_file_named(tmp_path):
     source = open_source(write_planes(tmp_path, random_stack((2, 64, 64), "uint16")))
     whole = Box((0, 0, 0), (64, 64, 2))

@@ -133,6 +133,8 @@ class TiffPlanesSource:
     stamps: tuple[PlaneStamp, ...] = ()
     samples: int = 1
     channel: int | None = None
+    # what the header pass found of each local plane, so that workers need not parse it again
+    layouts: tuple[KnownLayout | None, ...] = ()
 
     @property
     def size(self) -> XYZ:
@@ -151,7 +153,7 @@ class TiffPlanesSource:
         return self.segment_bytes * max(1, self.decode_threads)
 
     def sub_stack(self, z0: int, z1: int) -> TiffPlanesSource:
-        return replace(self, paths=self.paths[z0:z1], stamps=())
+        return replace(self, paths=self.paths[z0:z1], stamps=(), layouts=self.layouts[z0:z1])
 
     def read(self, box: Box) -> np.ndarray:
         samples = (self.num_channels,) if self.num_channels > 1 else ()
@@ -160,7 +162,8 @@ class TiffPlanesSource:
 
         def read_one(z: int) -> None:
             if self.samples == 1:
-                _read_plane_region_into(self.paths[z], y0, y1, x0, x1, out[z - z0])
+                known = self.layouts[z] if self.layouts else None
+                _read_plane_region_into(self.paths[z], y0, y1, x0, x1, out[z - z0], known)
                 return
             region = _read_samples(self.paths[z])[y0:y1, x0:x1]
             out[z - z0] = region if self.channel is None else region[..., self.channel]
@@ -415,6 +418,10 @@ class _RawLayout:
     width: int
 
 
+# a plane file's size, modification time and inode, and its layout (None: it needs decoding)
+KnownLayout = tuple[int, int, int, "_RawLayout | None"]
+
+
 @functools.lru_cache(maxsize=8192)
 def _raw_plane(path: str, size: int, mtime_ns: int, inode: int) -> _RawLayout | None:
     """The layout of an uncompressed plane, or None for one that needs decoding.
@@ -425,31 +432,48 @@ def _raw_plane(path: str, size: int, mtime_ns: int, inode: int) -> _RawLayout | 
     """
     try:
         with _tiff(path) as tif:
-            page = tif.pages.first
-            if not (page.is_contiguous and page.compression == 1 and not page.is_tiled):
-                return None
-            byteorder = "<" if tif.byteorder == "<" else ">"
-            dtype = np.dtype(page.dtype).newbyteorder(byteorder)
-            offset = int(page.dataoffsets[0])
-            height, width = int(page.shape[-2]), int(page.shape[-1])
+            return _plane_layout(tif, path, size)
+    except SourceError:
+        raise
     except Exception as exc:  # tifffile raises many kinds for damaged files
         raise SourceError(f"cannot read plane {path!r}: {exc}") from exc
+
+
+def _plane_layout(tif: Any, path: str, size: int) -> _RawLayout | None:
+    """`_raw_plane` of an open TiffFile."""
+    page = tif.pages.first
+    if not (page.is_contiguous and page.compression == 1 and not page.is_tiled):
+        return None
+    byteorder = "<" if tif.byteorder == "<" else ">"
+    dtype = np.dtype(page.dtype).newbyteorder(byteorder)
+    offset = int(page.dataoffsets[0])
+    height, width = int(page.shape[-2]), int(page.shape[-1])
     if offset + height * width * dtype.itemsize > size:
         raise SourceError(f"plane {path!r} is truncated")
     return _RawLayout(offset, dtype, height, width)
 
 
-def _read_plane_region_into(path: str, y0: int, y1: int, x0: int, x1: int, out: np.ndarray) -> None:
+def _read_plane_region_into(
+    path: str,
+    y0: int,
+    y1: int,
+    x0: int,
+    x1: int,
+    out: np.ndarray,
+    known: KnownLayout | None = None,
+) -> None:
     """Rows y0:y1, columns x0:x1 of a one-plane TIFF into `out`.
 
     An uncompressed local plane is read with one ``preadv`` of just those rows, straight into
-    `out` when they are whole rows in its byte order; anything else goes through tifffile.
+    `out` when they are whole rows in its byte order; anything else goes through tifffile. The
+    layout `known` from the header pass is used while the file is still the one it describes.
     """
     if is_remote(path):
         out[...] = _read_plane_region(path, y0, y1, x0, x1)
         return
     with _opened(path, "plane ") as (fd, stat):
-        plane = _raw_plane(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        key = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        plane = known[3] if known is not None and known[:3] == key else _raw_plane(path, *key)
         if plane is None:
             out[...] = _read_plane_region(path, y0, y1, x0, x1)
             return
@@ -572,10 +596,12 @@ class _PlaneHeader:
     pages: int
     segment_bytes: int
     stamp: PlaneStamp
+    layout: KnownLayout | None = None
 
 
 def _read_header(path: str) -> _PlaneHeader:
     try:
+        local = None if is_remote(path) else os.stat(path)
         stamp = _stamp(path)
         size = stamp.size
         with _tiff(path) as tif:
@@ -595,11 +621,16 @@ def _read_header(path: str) -> _PlaneHeader:
                 if page.is_contiguous and page.compression == 1
                 else int(np.prod(page.chunks)) * np.dtype(page.dtype).itemsize,
                 stamp=stamp,
+                layout=None if local is None or len(tif.pages) > 1 else _known(local, tif, path),
             )
     except SourceError:
         raise
     except Exception as exc:
         raise SourceError(f"{path!r} is not a readable TIFF file: {exc}") from exc
+
+
+def _known(stat: os.stat_result, tif: Any, path: str) -> KnownLayout:
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ino, _plane_layout(tif, path, stat.st_size))
 
 
 def _plane_yx(header: _PlaneHeader) -> tuple[int, int]:
@@ -722,6 +753,7 @@ def _open_planes(paths: Sequence[str], *, decode_threads: int) -> TiffPlanesSour
         segment_bytes,
         stamps,
         samples=first.samples,
+        layouts=tuple(h.layout for h in headers),
     )
 
 
