@@ -38,3 +38,42 @@ def test_the_next_task_region_reuses_the_freed_one(keep):
         [sys.executable, "-c", _REUSE.format(keep=keep)], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert reused == ("1" if keep else "0")
+
+
+_ROOM = """
+import os
+import numpy as np
+from precomputed_tif.heap import keep_task_buffers, make_room_for_task
+
+def resident_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+assert keep_task_buffers() is True
+make_room_for_task(64 << 20)
+region = np.empty(64 << 20, np.uint8)
+region.fill(1)
+pin = np.ones(1 << 20, np.uint8)  # allocated after it: the freed region is not the heap's top
+del region
+held = resident_mib()
+smaller = make_room_for_task(48 << 20)
+after_smaller = resident_mib()
+larger = make_room_for_task(96 << 20)
+print(smaller, larger, round(held - after_smaller), round(held - resident_mib()))
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="glibc's malloc only",
+)
+def test_a_larger_task_first_gives_the_freed_regions_back():
+    """A freed region is kept for the next task of its size or less; before a larger task, which
+    could not reuse it, it goes back to the kernel, so a worker never holds both."""
+    out = subprocess.run(
+        [sys.executable, "-c", _ROOM], capture_output=True, text=True, check=True
+    ).stdout.split()
+    smaller, larger, freed_before_smaller, freed_before_larger = out
+    assert (smaller, larger) == ("False", "True")
+    assert int(freed_before_smaller) < 8
+    assert int(freed_before_larger) > 56

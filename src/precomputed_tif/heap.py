@@ -40,8 +40,34 @@ def keep_task_buffers() -> bool:
     next task's region reuses the freed one. Peak RSS stays that of the largest task (measured
     at 2048x2048x512: 343-380 MiB either way), which the memory budget counts.
     """
+    global _keeping_task_buffers
     mallopt = _mallopt()
-    return bool(keep_freed_blocks() and mallopt is not None and mallopt(_M_MMAP_MAX, 0))
+    _keeping_task_buffers = bool(
+        keep_freed_blocks() and mallopt is not None and mallopt(_M_MMAP_MAX, 0)
+    )
+    return _keeping_task_buffers
+
+
+_keeping_task_buffers = False
+_largest_task = 0
+
+
+def make_room_for_task(task_bytes: int) -> bool:
+    """Before a task of about `task_bytes`, in a process that keeps task buffers: when it is larger
+    than every task before it, its region cannot fit where theirs were freed, so the freed heap
+    goes back to the kernel first. A worker then never holds a freed region beside a larger new
+    one: at most one task's memory, as the budget counts. True when memory was given back."""
+    global _largest_task
+    if not _keeping_task_buffers or task_bytes <= _largest_task:
+        return False
+    _largest_task = task_bytes
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = [ctypes.c_size_t]
+    malloc_trim.restype = ctypes.c_int
+    return bool(malloc_trim(0))
 
 
 def _mallopt() -> Any:

@@ -16,7 +16,8 @@ import numpy as np
 
 from .downsample import downsample
 from .geometry import XYZ, Box
-from .plan import Task
+from .heap import make_room_for_task
+from .plan import Task, task_bytes
 from .pyramid import Pyramid
 from .stores import ChunkStore
 from .stores.base import STATE_DIR
@@ -82,6 +83,7 @@ def run_task(task: Task) -> TaskResult:
     stage = task.stage
     box = task.box
     method = pyramid.downsample_method
+    make_room_for_task(task_bytes(pyramid, stage.first, stage.region, 0))
     if stage.first == 1:
         assert task.source is not None
         local = Box(
