@@ -21,6 +21,7 @@ page through `zlib_compress`.
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
 import threading
@@ -98,7 +99,6 @@ class _KeptCompressor:
 
 
 _threads = threading.local()
-_bundled: list[Any] = []  # [] not yet looked for; [None] none usable; [lib]
 
 
 def _kept_compressor() -> _KeptCompressor | None:
@@ -106,11 +106,10 @@ def _kept_compressor() -> _KeptCompressor | None:
         return None
     kept = getattr(_threads, "compressor", None)
     if kept is None:
-        if not _bundled:
-            _bundled.append(_load_bundled_libdeflate())
-        if _bundled[0] is None:
+        lib = _bundled_libdeflate()
+        if lib is None:
             return None
-        kept = _threads.compressor = _KeptCompressor(_bundled[0])
+        kept = _threads.compressor = _KeptCompressor(lib)
     return kept
 
 
@@ -147,6 +146,9 @@ def _load_bundled_libdeflate() -> Any:
         if streams == b"".join(zlib_compress(half) for half in sample):
             return lib
     return None
+
+
+_bundled_libdeflate = functools.cache(_load_bundled_libdeflate)  # looked for once a process
 
 
 def gzip_compress(data: Any) -> bytes:

@@ -61,24 +61,24 @@ def make_room_for_task(task_bytes: int) -> bool:
     if not _keeping_task_buffers or task_bytes <= _largest_task:
         return False
     _largest_task = task_bytes
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    malloc_trim.argtypes = [ctypes.c_size_t]
-    malloc_trim.restype = ctypes.c_int
-    return bool(malloc_trim(0))
+    malloc_trim = _libc_function("malloc_trim", [ctypes.c_size_t])
+    return bool(malloc_trim is not None and malloc_trim(0))
 
 
 def _mallopt() -> Any:
+    return _libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+
+
+def _libc_function(name: str, argtypes: list[Any]) -> Any:
+    """glibc's `name`, returning an int, or None off Linux or where the C library lacks it."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         # the process's own symbols, libc's among them: `ctypes.util.find_library` would run
         # `ldconfig -p` in a subprocess, in every worker and server started
-        mallopt = ctypes.CDLL(None).mallopt
+        function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function

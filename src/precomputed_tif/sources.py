@@ -304,16 +304,16 @@ class PlaneStamp:
 SAMPLE_BYTES = 4096
 
 
-def _stamp(path: str) -> PlaneStamp:
-    """The plane's stamp: one stat (one HEAD request in an object store), and a content sample
-    when the file system keeps times in whole seconds."""
+def _stamp(path: str, stat: os.stat_result | None = None) -> PlaneStamp:
+    """The plane's stamp: one stat (one HEAD request in an object store; `stat` when the caller
+    has it), and a content sample when the file system keeps times in whole seconds."""
     name = os.path.basename(path)
     if is_remote(path):
         found = _remote_location(path).stamp("")
         if found is None:
             raise SourceError(f"plane {path!r} does not exist")
         return PlaneStamp(name, found[1], found[0])
-    stat = os.stat(path)
+    stat = os.stat(path) if stat is None else stat
     sample = ""
     if stat.st_mtime_ns % 10**9 == 0:
         digest = hashlib.sha256()
@@ -602,7 +602,7 @@ class _PlaneHeader:
 def _read_header(path: str) -> _PlaneHeader:
     try:
         local = None if is_remote(path) else os.stat(path)
-        stamp = _stamp(path)
+        stamp = _stamp(path, local)
         size = stamp.size
         with _tiff(path) as tif:
             page = tif.pages.first
