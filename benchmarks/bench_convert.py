@@ -4,7 +4,7 @@ optionally, the original precomputed-tif.
 
 usage: bench_convert.py [--x 1024 --y 1024 --z 256] [--workdir DIR] [--stack DIR]
                         [--original VENV_BIN] [--formats tiff,zarr,blockfs] [--repeat 1]
-                        [--levels N] [--n-cores N] [--only ROWS] [--keep]
+                        [--levels N] [--n-cores N] [--only ROWS] [--keep] [--settle S]
 
 Makes the stack with make_stack.py (cached in the workdir), warms the page cache by reading every
 plane once, then runs each contender as its own subprocess, round after round (every contender
@@ -332,15 +332,41 @@ class Reference:
 # running
 
 
-def run_one(c: Contender, timeout_s: float, cwd: Path) -> RunResult:
+# when the last output was deleted (time.monotonic())
+_last_removal = -math.inf
+
+
+def remove_output(path: Path) -> None:
+    global _last_removal
+    shutil.rmtree(path, ignore_errors=True)
+    _last_removal = time.monotonic()
+
+
+def settle(settle_s: float) -> None:
+    """Flush, then wait until `settle_s` have passed since the last output was deleted.
+
+    ext4 without a journal (this VM's disk; some clusters' scratch) will not reuse an inode freed
+    in the last 5 s (300 s while its inode-table block is dirty), and checks every such inode it
+    passes when it allocates one. A run started right after the previous run's thousands of files
+    were deleted spent 15% of its CPU in that scan (perf: `recently_deleted`,
+    `find_get_block_common`, zarr at S), a cost of the benchmark's own clean-up that no conversion
+    into a fresh folder pays. After `sync` the blocks are clean, so 5 s is enough.
+    """
+    os.sync()  # also: no dirty pages from the previous run are flushed on this run's time
+    wait = settle_s - (time.monotonic() - _last_removal)
+    if wait > 0:
+        time.sleep(wait)
+
+
+def run_one(c: Contender, timeout_s: float, cwd: Path, settle_s: float) -> RunResult:
     assert c.argv is not None and c.out is not None
     if c.out.exists():
-        shutil.rmtree(c.out)
+        remove_output(c.out)
     if c.name.startswith(("ours", "original")):
         c.out.parent.mkdir(parents=True, exist_ok=True)
     else:
         c.out.mkdir(parents=True)
-    os.sync()  # no dirty pages from the previous run are flushed on this run's time
+    settle(settle_s)
     print(f"  running {c.name} ...", end=" ", flush=True)
     result = run_measured(c.argv, cwd=cwd, env=c.env, timeout_s=timeout_s)
     if result.ok:
@@ -415,6 +441,12 @@ def main() -> None:
         help="run only these rows, comma-separated (e.g. tensorstore,ours-precomputed)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=6.0,
+        help="seconds between deleting an output and the next run (see settle); 0: none",
+    )
     a = ap.parse_args()
 
     formats = [f.strip() for f in a.formats.split(",") if f.strip()]
@@ -531,7 +563,7 @@ def main() -> None:
             if c.argv is None:
                 continue
             assert c.out is not None
-            result = run_one(c, a.timeout, workdir)
+            result = run_one(c, a.timeout, workdir, a.settle)
             c.runs.append(result)
             c.details.append(last_json(result.stdout) if result.ok else {})
             if result.ok:
@@ -543,7 +575,7 @@ def main() -> None:
                         mismatches.append(f"{c.name}: {note}")
                         print(f"\n!!!!! {c.name}: OUTPUT MISMATCH: {note} !!!!!\n", flush=True)
             if not a.keep:
-                shutil.rmtree(c.out, ignore_errors=True)
+                remove_output(c.out)
 
     if cluster is not None:
         cluster.close()
@@ -657,6 +689,7 @@ def report(
         "levels": levels,
         "pyramid_mib": round(pyramid_bytes(size, levels, dtype.itemsize) / 2**20, 2),
         "repeat": a.repeat,
+        "settle_s": a.settle,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "versions": {
