@@ -250,3 +250,27 @@ def test_a_region_read_once_is_not_kept_in_the_chunk_cache(tmp_path):
     assert store._cache.size == 0
     np.testing.assert_array_equal(store.read_region(1, region), stack)
     assert store._cache.size == stack.nbytes  # its 27 chunks, kept for the next read
+
+
+def _plan_1024(n_workers: int):
+    from precomputed_tif.plan import count_tasks, task_bytes
+
+    pyramid = plan_pyramid((1024, 1024, 256), "uint16", voxel_size_nm=(1, 1, 1))
+    stages = plan_stages(pyramid, task_budget_bytes=200 << 20, n_workers=n_workers)
+    covered = [level for stage in stages for level in stage.levels]
+    assert covered == list(range(1, pyramid.n_levels + 1))
+    return [
+        (stage, count_tasks(pyramid, stage), task_bytes(pyramid, stage.first, stage.region, 0))
+        for stage in stages
+    ]
+
+
+def test_small_last_levels_are_spread_over_the_workers():
+    """Levels 3-5 of 1024x1024x256 fit one task; one worker made them while the other waited.
+    With two workers each stage that reads more than a trifle has a task for each."""
+    for stage, tasks, size in _plan_1024(n_workers=2):
+        assert tasks >= 2 or size < 32 << 20, (stage, tasks, size)
+    spread = [(s, n) for s, n, _ in _plan_1024(n_workers=2) if s.first == 3]
+    assert spread and spread[0][1] >= 2
+    # one worker: the last levels stay one stage of one task
+    assert [(s.first, s.last, n) for s, n, _ in _plan_1024(n_workers=1)][-1] == (3, 5, 1)

@@ -22,6 +22,9 @@ from .stores import ChunkStore
 
 # Working memory of a task beyond the voxels it reads: the next level (1/8), chunk buffers.
 _HEADROOM = 1.25
+# Below this a task costs about what dispatching it and another stage do (~10 ms): the work
+# of a stage this small is left to one worker rather than spread over all of them.
+_SMALLEST_SPREAD_TASK = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -70,19 +73,54 @@ def _region_for(
     takes part of each row makes every task read more of the file than it uses.
     """
     scale = pyramid.scale(first)
-    # a chunk of the stage's last level, seen at its first
-    factor = pyramid.factor_between(first, first + depth - 1)
-    unit = tuple(c * f for c, f in zip(scale.chunk_size, factor))
+    unit = _task_unit(pyramid, first, depth)
     extent = [-(-s // u) * u for s, u in zip(scale.size, unit)]
     region = [extent[0], extent[1], unit[2]]
     while task_bytes(pyramid, first, (region[0], region[1], region[2]), read_overhead) > budget:
-        if region[1] > unit[1]:
-            region[1] = max(unit[1], -(-region[1] // (2 * unit[1])) * unit[1])
-        elif region[0] > unit[0] and cut_x:
-            region[0] = max(unit[0], -(-region[0] // (2 * unit[0])) * unit[0])
-        else:
+        if not _cut(region, unit, cut_x=cut_x):
             return None
     return (region[0], region[1], region[2])
+
+
+def _task_unit(pyramid: Pyramid, first: int, depth: int) -> XYZ:
+    """The smallest task region of a stage of `depth` levels from `first`: a chunk of its last
+    level, seen at its first."""
+    chunk = pyramid.scale(first).chunk_size
+    factor = pyramid.factor_between(first, first + depth - 1)
+    return (chunk[0] * factor[0], chunk[1] * factor[1], chunk[2] * factor[2])
+
+
+def _cut(region: list[int], unit: XYZ, *, cut_x: bool) -> bool:
+    """Halve `region` in y (in x once y is one unit, when `cut_x`), in whole units; False when
+    it cannot be cut further."""
+    if region[1] > unit[1]:
+        region[1] = max(unit[1], -(-region[1] // (2 * unit[1])) * unit[1])
+    elif region[0] > unit[0] and cut_x:
+        region[0] = max(unit[0], -(-region[0] // (2 * unit[0])) * unit[0])
+    else:
+        return False
+    return True
+
+
+def _spread(
+    pyramid: Pyramid, first: int, depth: int, region: XYZ, n_workers: int, read_overhead: int
+) -> XYZ:
+    """`region` cut until its stage has a task for every worker, as far as the stage's chunks
+    allow and while its tasks stay worth a task of their own. Levels small enough for one task
+    were made by one worker while the others waited: the last 0.2-0.3 s of a run at
+    1024x1024x256, on one of two cores."""
+    last = first + depth - 1
+    cut = list(region)
+    while count_tasks(pyramid, Stage(first, last, (cut[0], cut[1], cut[2]))) < n_workers:
+        smaller = list(cut)
+        # a stage from planes keeps whole rows (see _region_for); one from chunks need not
+        if not _cut(smaller, _task_unit(pyramid, first, depth), cut_x=first > 1):
+            break
+        smaller_xyz = (smaller[0], smaller[1], smaller[2])
+        if task_bytes(pyramid, first, smaller_xyz, read_overhead) < _SMALLEST_SPREAD_TASK:
+            break
+        cut = smaller
+    return (cut[0], cut[1], cut[2])
 
 
 def count_tasks(pyramid: Pyramid, stage: Stage) -> int:
@@ -183,11 +221,13 @@ def _choose_stage(
     shallow = _region_for(pyramid, first, 1, budget, overhead, cut_x=cut_x)
     if shallow is None:
         return None
+    shallow = _spread(pyramid, first, 1, shallow, n_workers, overhead)
     shallow_tasks = count_tasks(pyramid, Stage(first, first, shallow))
     for depth in range(last - first + 1, 1, -1):
         region = _region_for(pyramid, first, depth, budget, overhead, cut_x=cut_x)
         if region is None:
             continue
+        region = _spread(pyramid, first, depth, region, n_workers, overhead)
         stage = Stage(first, first + depth - 1, region)
         if count_tasks(pyramid, stage) >= min(n_workers, shallow_tasks):
             return stage
