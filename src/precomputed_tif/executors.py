@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import psutil
 
+from precomputed_tif_launcher import FORKSERVER_PRELOAD, start_forkserver
+
 from .errors import RESUME_HINT, IncompleteRunError
 from .heap import keep_task_buffers
 
@@ -65,22 +67,17 @@ def process_pool(n_workers: int) -> ProcessPoolExecutor:
 
 def _forkserver() -> Any:
     context = multiprocessing.get_context("forkserver")
-    # imported once in the server, inherited by every worker it forks
-    context.set_forkserver_preload(
-        ["precomputed_tif.run", "numcodecs.blosc", "tifffile", "imagecodecs"]
-    )
+    context.set_forkserver_preload(list(FORKSERVER_PRELOAD))
     return context
 
 
 def start_pool_server_early() -> None:
     """Start the process that forks the workers now, not when the pool is made: its imports
     (~0.4 s of a 2-core run) then overlap the driver's reading of the planes' headers and the
-    planning, where they used to come after them. The pool made later finds it running."""
+    planning, where they used to come after them. The pool made later finds it running (the
+    ``precomputed-tif`` command starts it even earlier, before this package is imported)."""
     if sys.platform.startswith("linux"):
-        from multiprocessing import forkserver
-
-        _forkserver()
-        forkserver.ensure_running()
+        start_forkserver()
 
 
 def _start_worker(driver_pid: int) -> None:
