@@ -17,7 +17,15 @@ import sys
 FORKSERVER_PRELOAD = ("precomputed_tif.run", "numcodecs.blosc", "tifffile", "imagecodecs")
 
 # options after which no worker is started: the server would only be stopped again
-_NO_WORKERS = ("-h", "--help", "--dry-run", "--verify", "--dask-scheduler", "--dask-workers")
+_NO_WORKERS = (
+    "-h",
+    "--help",
+    "--version",
+    "--dry-run",
+    "--verify",
+    "--dask-scheduler",
+    "--dask-workers",
+)
 
 
 def convert() -> int:
