@@ -22,8 +22,8 @@ from .stores import ChunkStore
 
 # Working memory of a task beyond the voxels it reads: the next level (1/8), chunk buffers.
 _HEADROOM = 1.25
-# Below this a task costs about what dispatching it and another stage do (~10 ms): the work
-# of a stage this small is left to one worker rather than spread over all of them.
+# Tasks smaller than this are not worth a stage of their own (a stage's dispatch and barrier
+# cost about what their work does): such small work stays with one worker, not spread.
 _SMALLEST_SPREAD_TASK = 16 << 20
 
 
