@@ -350,7 +350,9 @@ def settle(settle_s: float) -> None:
     passes when it allocates one. A run started right after the previous run's thousands of files
     were deleted spent 15% of its CPU in that scan (perf: `recently_deleted`,
     `find_get_block_common`, zarr at S), a cost of the benchmark's own clean-up that no conversion
-    into a fresh folder pays. After `sync` the blocks are clean, so 5 s is enough.
+    into a fresh folder pays. After `sync` the blocks are clean, so 5 s is enough for the last
+    deletion; inodes freed in the 300 s before it count again once a run dirties their block, so
+    runs soon after other mass deletions (earlier rounds, other tests) still pay part of it.
     """
     os.sync()  # also: no dirty pages from the previous run are flushed on this run's time
     wait = settle_s - (time.monotonic() - _last_removal)
