@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
-# what the worker-forking server imports once for every worker it forks (executors.py uses it)
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkServerContext
+
+# what the worker-forking server imports once for every worker it forks
 FORKSERVER_PRELOAD = ("precomputed_tif.run", "numcodecs.blosc", "tifffile", "imagecodecs")
 
 # options after which no worker is started: the server would only be stopped again
@@ -42,12 +46,20 @@ def convert() -> int:
     return main()
 
 
+def forkserver_context() -> ForkServerContext:
+    """The forkserver start method, its server set to import `FORKSERVER_PRELOAD`."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+    return context
+
+
 def start_forkserver() -> None:
     """Start the process that forks the workers, if it is not running yet."""
-    import multiprocessing
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(list(FORKSERVER_PRELOAD))
+    forkserver_context()
     forkserver.ensure_running()
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -65,8 +66,6 @@ print(json.dumps({
 
 
 def _launch(argv: list[str], **env: str) -> dict:
-    import os
-
     done = subprocess.run(
         [sys.executable, "-c", _COMMAND, json.dumps(argv)],
         capture_output=True,

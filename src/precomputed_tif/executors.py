@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from precomputed_tif_launcher import FORKSERVER_PRELOAD, start_forkserver
+from precomputed_tif_launcher import forkserver_context, start_forkserver
 
 from .errors import RESUME_HINT, IncompleteRunError
 from .heap import keep_task_buffers
@@ -54,7 +54,7 @@ def process_pool(n_workers: int) -> ProcessPoolExecutor:
     is not recorded as done and runs again on resume.
     """
     if sys.platform.startswith("linux"):
-        context = _forkserver()
+        context = forkserver_context()
     else:
         context = multiprocessing.get_context("spawn")
     return _StoppablePool(
@@ -63,12 +63,6 @@ def process_pool(n_workers: int) -> ProcessPoolExecutor:
         initializer=_start_worker,
         initargs=(os.getpid(),),
     )
-
-
-def _forkserver() -> Any:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(FORKSERVER_PRELOAD))
-    return context
 
 
 def start_pool_server_early() -> None:

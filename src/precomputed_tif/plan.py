@@ -110,11 +110,12 @@ def _spread(
     were made by one worker while the others waited: the last 0.2-0.3 s of a run at
     1024x1024x256, on one of two cores."""
     last = first + depth - 1
+    unit = _task_unit(pyramid, first, depth)
     cut = list(region)
     while count_tasks(pyramid, Stage(first, last, (cut[0], cut[1], cut[2]))) < n_workers:
         smaller = list(cut)
         # a stage from planes keeps whole rows (see _region_for); one from chunks need not
-        if not _cut(smaller, _task_unit(pyramid, first, depth), cut_x=first > 1):
+        if not _cut(smaller, unit, cut_x=first > 1):
             break
         smaller_xyz = (smaller[0], smaller[1], smaller[2])
         if task_bytes(pyramid, first, smaller_xyz, read_overhead) < _SMALLEST_SPREAD_TASK:
