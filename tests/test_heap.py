@@ -77,3 +77,24 @@ def test_a_larger_task_first_gives_the_freed_regions_back():
     assert (smaller, larger) == ("False", "True")
     assert int(freed_before_smaller) < 8
     assert int(freed_before_larger) > 56
+
+
+def _huge_pages_allowed() -> str:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("THP_enabled:"):
+                return line.split()[1]
+    pytest.skip("this kernel does not report THP_enabled (Linux 6.5+)")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's prctl only")
+def test_pool_workers_fault_small_pages_and_the_driver_keeps_huge_ones():
+    """Every converter worker has asked for 4 KiB pages (`heap.small_pages_for_task_buffers`);
+    the driver, which calls no task, is left as the system set it."""
+    from precomputed_tif.executors import process_pool
+
+    driver = _huge_pages_allowed()
+    with process_pool(2) as pool:
+        workers = [pool.submit(_huge_pages_allowed) for _ in range(4)]
+        assert {future.result() for future in workers} == {"0"}
+    assert _huge_pages_allowed() == driver

@@ -24,7 +24,7 @@ import psutil
 from precomputed_tif_launcher import forkserver_context, start_forkserver
 
 from .errors import RESUME_HINT, IncompleteRunError
-from .heap import keep_task_buffers
+from .heap import keep_task_buffers, small_pages_for_task_buffers
 
 T = TypeVar("T")
 
@@ -80,6 +80,7 @@ def _start_worker(driver_pid: int) -> None:
     quiet_async_leftovers()
     _blosc_lock_for_this_process_only()
     keep_task_buffers()  # a task's buffers are the same few sizes, task after task
+    small_pages_for_task_buffers()
 
 
 def _exit_when_gone(driver_pid: int) -> None:

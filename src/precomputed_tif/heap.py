@@ -51,6 +51,24 @@ def keep_task_buffers() -> bool:
 _keeping_task_buffers = False
 _largest_task = 0
 
+_PR_SET_THP_DISABLE = 41  # linux/prctl.h; inherited by children, kept across execve
+
+
+def small_pages_for_task_buffers() -> bool:
+    """Fault this process's new memory in 4 KiB pages, not transparent huge pages (a converter
+    worker's); False where the kernel or the C library does not offer it.
+
+    Virtual machines whose hypervisor takes freed memory back (free page reporting) hand a huge
+    page fault a 2 MiB block the host must back again, as the kernel only reports free blocks
+    that large: first touch of fresh memory ran at 0.4 GiB/s with huge pages and 2.2 GiB/s
+    without on the benchmark VM, and zeroing huge pages was 12% of a zarr conversion's CPU at
+    1024x1024x256 (0.6% without). A worker streams through each task's region once and reuses it
+    for the next task, so huge pages spare it few TLB misses: with memory the host still backed,
+    eight interleaved pairs showed no difference in wall or CPU (``benchmarks/README.md``).
+    """
+    prctl = _libc_function("prctl", [ctypes.c_int] + [ctypes.c_ulong] * 4)
+    return prctl is not None and prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+
 
 def make_room_for_task(task_bytes: int) -> bool:
     """Before a task of about `task_bytes`, in a process that keeps task buffers: when it is larger
