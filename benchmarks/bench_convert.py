@@ -5,6 +5,7 @@ optionally, the original precomputed-tif.
 usage: bench_convert.py [--x 1024 --y 1024 --z 256] [--workdir DIR] [--stack DIR]
                         [--original VENV_BIN] [--formats tiff,zarr,blockfs] [--repeat 1]
                         [--levels N] [--n-cores N] [--only ROWS] [--keep] [--settle S]
+                        [--delete-each]
 
 Makes the stack with make_stack.py (cached in the workdir), warms the page cache by reading every
 plane once, then runs each contender as its own subprocess, round after round (every contender
@@ -333,17 +334,46 @@ class Reference:
 
 
 # when the last output was deleted (time.monotonic())
-_last_removal = -math.inf
+_last_quiet_start = -math.inf
 
 
 def remove_output(path: Path) -> None:
-    global _last_removal
+    global _last_quiet_start
     shutil.rmtree(path, ignore_errors=True)
-    _last_removal = time.monotonic()
+    _last_quiet_start = time.monotonic()
+
+
+class SpentOutputs:
+    """Outputs of finished runs, moved aside (a rename frees no inode) and deleted when the
+    benchmark ends, while the disk keeps `reserve_bytes` free; past that, deleted at once.
+
+    Deleting thousands of files makes ext4 without a journal skip and check each freed inode for
+    minutes when it next allocates nearby (`settle`): a cost of the benchmark's own clean-up, paid
+    by whichever run comes next, and by no conversion into a fresh folder.
+    """
+
+    def __init__(self, folder: Path, reserve_bytes: int, delete_each: bool) -> None:
+        self.folder, self.reserve_bytes, self.delete_each = folder, reserve_bytes, delete_each
+        self.count = 0
+
+    def put(self, path: Path) -> None:
+        if not path.exists():
+            return
+        if self.delete_each or shutil.disk_usage(path.parent).free < self.reserve_bytes:
+            remove_output(path)
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.count += 1
+        path.rename(self.folder / f"{self.count:04d}-{path.name}")
+
+    def clear(self) -> None:
+        if self.folder.exists():
+            remove_output(self.folder)
 
 
 def settle(settle_s: float) -> None:
-    """Flush, then wait until `settle_s` have passed since the last output was deleted.
+    """Flush, then wait until `settle_s` have passed since the last run ended or the last output
+    was deleted: every run starts after the same pause.
 
     ext4 without a journal (this VM's disk; some clusters' scratch) will not reuse an inode freed
     in the last 5 s (300 s while its inode-table block is dirty), and checks every such inode it
@@ -351,16 +381,17 @@ def settle(settle_s: float) -> None:
     were deleted spent 15% of its CPU in that scan (perf: `recently_deleted`,
     `find_get_block_common`, zarr at S), a cost of the benchmark's own clean-up that no conversion
     into a fresh folder pays. After `sync` the blocks are clean, so 5 s is enough for the last
-    deletion; inodes freed in the 300 s before it count again once a run dirties their block, so
-    runs soon after other mass deletions (earlier rounds, other tests) still pay part of it.
+    deletion; inodes freed in the 300 s before it count again once a run dirties their block, which
+    is why finished outputs are moved aside rather than deleted (`SpentOutputs`).
     """
     os.sync()  # also: no dirty pages from the previous run are flushed on this run's time
-    wait = settle_s - (time.monotonic() - _last_removal)
+    wait = settle_s - (time.monotonic() - _last_quiet_start)
     if wait > 0:
         time.sleep(wait)
 
 
 def run_one(c: Contender, timeout_s: float, cwd: Path, settle_s: float) -> RunResult:
+    global _last_quiet_start
     assert c.argv is not None and c.out is not None
     if c.out.exists():
         remove_output(c.out)
@@ -371,6 +402,7 @@ def run_one(c: Contender, timeout_s: float, cwd: Path, settle_s: float) -> RunRe
     settle(settle_s)
     print(f"  running {c.name} ...", end=" ", flush=True)
     result = run_measured(c.argv, cwd=cwd, env=c.env, timeout_s=timeout_s)
+    _last_quiet_start = time.monotonic()
     if result.ok:
         print(f"{result.wall_s:.2f} s, {result.peak_rss_mib:.0f} MiB", flush=True)
     else:
@@ -444,10 +476,16 @@ def main() -> None:
     )
     ap.add_argument("--keep", action="store_true", help="keep the outputs")
     ap.add_argument(
+        "--delete-each",
+        action="store_true",
+        help="delete each output right after its run (default: moved aside, deleted at the end "
+        "while the disk has room; see SpentOutputs)",
+    )
+    ap.add_argument(
         "--settle",
         type=float,
         default=6.0,
-        help="seconds between deleting an output and the next run (see settle); 0: none",
+        help="seconds between a run's end (or deleting an output) and the next run (see settle)",
     )
     a = ap.parse_args()
 
@@ -559,6 +597,10 @@ def main() -> None:
 
     reference = Reference(planes, size, levels)
     mismatches = []
+    # room for the next run's output (at most the raw pyramid) twice over, and 2 GiB besides
+    reserve = 2 * pyramid_bytes(size, levels, dtype.itemsize) + (2 << 30)
+    spent = SpentOutputs(workdir / "spent", reserve, a.delete_each)
+    spent.clear()  # a killed benchmark's
     for rep in range(a.repeat):
         print(f"round {rep + 1}/{a.repeat}", flush=True)
         for c in contenders:
@@ -577,10 +619,11 @@ def main() -> None:
                         mismatches.append(f"{c.name}: {note}")
                         print(f"\n!!!!! {c.name}: OUTPUT MISMATCH: {note} !!!!!\n", flush=True)
             if not a.keep:
-                remove_output(c.out)
+                spent.put(c.out)
 
     if cluster is not None:
         cluster.close()
+    spent.clear()
     report(contenders, size, levels, dtype, mismatches, ours_note, a, workdir)
 
 
@@ -692,6 +735,7 @@ def report(
         "pyramid_mib": round(pyramid_bytes(size, levels, dtype.itemsize) / 2**20, 2),
         "repeat": a.repeat,
         "settle_s": a.settle,
+        "outputs_deleted": "after each run" if a.delete_each else "at the end, while room",
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "versions": {
