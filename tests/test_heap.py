@@ -1,5 +1,6 @@
 """A converter worker reuses a task's freed region for the next task instead of asking the
-kernel for fresh zeroed pages (`heap.keep_task_buffers`)."""
+kernel for fresh zeroed pages (`heap.keep_task_buffers`), and faults its pages in 4 KiB, not as
+transparent huge pages (`heap.small_pages_for_task_buffers`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Keeping freed blocks in the process for the next request or task (glibc's malloc only).
+"""How a process gets its memory: freed blocks kept for the next request or task (glibc's malloc
+only), and a converter worker's pages faulted small (`small_pages_for_task_buffers`).
 
 A chunk is hundreds of KiB and a task's buffers many MiB. glibc hands blocks that large back to
 the kernel when they are freed (mmap'd blocks, and heap tops above 128 KiB), so the next block of
