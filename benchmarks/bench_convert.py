@@ -333,7 +333,7 @@ class Reference:
 # running
 
 
-# when the last output was deleted (time.monotonic())
+# when the last run ended or output was deleted (time.monotonic()): `settle` counts from it
 _last_quiet_start = -math.inf
 
 
@@ -359,7 +359,10 @@ class SpentOutputs:
     def put(self, path: Path) -> None:
         if not path.exists():
             return
-        if self.delete_each or shutil.disk_usage(path.parent).free < self.reserve_bytes:
+        if not self.delete_each and shutil.disk_usage(path.parent).free < self.reserve_bytes:
+            self.delete_each = True
+            print(f"  (disk nearly full: outputs are deleted after each run from {path.name} on)")
+        if self.delete_each:
             remove_output(path)
             return
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -503,9 +506,10 @@ def main() -> None:
     size, dtype = stack_shape(planes)
     levels = a.levels if a.levels is not None else default_levels(size)
     warm_s = warm_page_cache(planes)
+    raw_pyramid_bytes = pyramid_bytes(size, levels, dtype.itemsize)
     print(
         f"stack {size[0]}x{size[1]}x{size[2]} {dtype.name}, {len(planes)} planes, "
-        f"{levels} levels, pyramid {pyramid_bytes(size, levels, dtype.itemsize) / 2**20:.0f} MiB"
+        f"{levels} levels, pyramid {raw_pyramid_bytes / 2**20:.0f} MiB"
         f"; page cache warmed in {warm_s:.2f} s; {os.cpu_count()} CPUs",
         flush=True,
     )
@@ -598,7 +602,7 @@ def main() -> None:
     reference = Reference(planes, size, levels)
     mismatches = []
     # room for the next run's output (at most the raw pyramid) twice over, and 2 GiB besides
-    reserve = 2 * pyramid_bytes(size, levels, dtype.itemsize) + (2 << 30)
+    reserve = 2 * raw_pyramid_bytes + (2 << 30)
     spent = SpentOutputs(workdir / "spent", reserve, a.delete_each)
     spent.clear()  # a killed benchmark's
     for rep in range(a.repeat):
