@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .calibration import RecordedVoxelSize, recorded_voxel_size
 from .errors import SourceError, StoreError
 from .geometry import XYZ, Box
 from .locations import FsspecLocation, is_remote
@@ -828,6 +829,23 @@ def _hyperstack(
         channel_pages=tuple(c * per_c for c in range(n_c)),
         samples=sizes.get("S", 1),
     )
+
+
+def recorded_voxel_size_of(source: PlaneSource) -> RecordedVoxelSize | None:
+    """The voxel size that the first file of `source` records (`calibration`), or None."""
+    if isinstance(source, _PageRange):
+        source = source.whole
+    if isinstance(source, TiffPlanesSource) and source.paths:
+        path = source.paths[0]
+    elif isinstance(source, MultiPageTiffSource):
+        path = source.path
+    else:
+        return None
+    try:
+        with _tiff(path) as tif:
+            return recorded_voxel_size(tif)
+    except Exception:  # the conversion reads the file again, and says what is wrong with it
+        return None
 
 
 def channel_sources(source: PlaneSource) -> list[PlaneSource]:

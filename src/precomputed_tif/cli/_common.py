@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import os
 import re
 import sys
@@ -74,19 +75,38 @@ def parse_xyz(kind: type) -> Callable[[str], tuple]:
             values = tuple(kind(p) for p in parts)
         except ValueError:
             values = ()
-        if len(values) != 3 or any(v <= 0 for v in values):
+        if len(values) != 3 or any(not (0 < v < math.inf) for v in values):
             raise argparse.ArgumentTypeError(f"{text!r} is not three positive numbers x,y,z")
         return values
 
     return parse
 
 
-def add_voxel_size_argument(parser: argparse.ArgumentParser) -> None:
+DEFAULT_VOXEL_SIZE_UM = (1.8, 1.8, 2.0)  # the original's default
+
+
+def add_voxel_size_argument(parser: argparse.ArgumentParser, *, recorded: bool = False) -> None:
+    """``--voxel-size x,y,z`` in microns; with `recorded`, also ``auto`` (the size the planes
+    record), and None when not given, so that the command can say what the planes record."""
+    xyz = parse_xyz(float)
+    if not recorded:
+        parser.add_argument(
+            "--voxel-size",
+            default=DEFAULT_VOXEL_SIZE_UM,
+            type=xyz,
+            help="voxel size in microns, x,y,z (default 1.8,1.8,2.0)",
+        )
+        return
+
+    def xyz_or_auto(text: str) -> tuple | str:
+        return "auto" if text.strip().lower() == "auto" else xyz(text)
+
     parser.add_argument(
         "--voxel-size",
-        default="1.8,1.8,2.0",
-        type=parse_xyz(float),
-        help="voxel size in microns, x,y,z (default 1.8,1.8,2.0)",
+        default=None,
+        type=xyz_or_auto,
+        help="voxel size in microns, x,y,z (default 1.8,1.8,2.0, the original's), or auto: the "
+        "size the planes record in their ImageJ or OME-XML metadata",
     )
 
 

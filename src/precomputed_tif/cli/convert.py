@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import math
 import os
 import shlex
 import signal
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ._common import (
+    DEFAULT_VOXEL_SIZE_UM,
     EXIT_INTERRUPTED,
     Parser,
     add_log_argument,
@@ -131,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="gzip raw and compressed_segmentation chunk files (--format precomputed)",
     )
-    add_voxel_size_argument(parser)
+    add_voxel_size_argument(parser, recorded=True)
     parser.add_argument(
         "--chunk-size",
         default="64,64,64",
@@ -249,6 +251,57 @@ def _shape_source(shape: tuple[int, int, int], dtype: str) -> Any:
 def _lent(dask: Any) -> Any:
     """The Dask executor for one volume's run, the cluster staying up for the next channel."""
     return contextlib.nullcontext(dask.__enter__())
+
+
+def _voxel_size_um(given: tuple | str | None, source: Any) -> tuple[float, float, float]:
+    """The voxel size to write: `given` (x, y, z microns, or ``auto`` for the one the planes
+    record), or the original's default, saying so when the planes record another."""
+    from ..errors import PlanError
+    from ..sources import recorded_voxel_size_of
+
+    if isinstance(given, tuple):
+        return given
+    if source is None:
+        if given == "auto":
+            raise PlanError("--voxel-size auto reads the size the planes record: give --source")
+        return DEFAULT_VOXEL_SIZE_UM
+    recorded = recorded_voxel_size_of(source)
+    if given == "auto":
+        if recorded is None:
+            raise PlanError(
+                "--voxel-size auto: the planes record no voxel size (no ImageJ calibration or "
+                "OME-XML physical size); give --voxel-size x,y,z in microns"
+            )
+        if recorded.z_um is None:
+            raise PlanError(
+                f"--voxel-size auto: the planes record {recorded.x_um:g} x {recorded.y_um:g} µm "
+                f"in x and y but no z step; give --voxel-size "
+                f"{recorded.x_um:g},{recorded.y_um:g},Z with Z in microns"
+            )
+        found = (recorded.x_um, recorded.y_um, recorded.z_um)
+        log.info("voxel size %s, from the planes' %s metadata", recorded.describe(), recorded.where)
+        return found
+    default = DEFAULT_VOXEL_SIZE_UM
+    if recorded is not None and not all(
+        math.isclose(r, d, rel_tol=1e-6)
+        for r, d in zip((recorded.x_um, recorded.y_um, recorded.z_um), default)
+        if r is not None
+    ):
+        log.info(
+            "the planes' %s metadata records voxels of %s; this volume takes the default "
+            "%s µm (give --voxel-size auto to use the recorded size)",
+            recorded.where,
+            recorded.describe(),
+            " x ".join(f"{d:g}" for d in default),
+        )
+    return default
+
+
+def _nanometres(microns: float) -> int | float:
+    """`microns` in nanometres for the info's resolution, whole when it is (``2.01`` is 2010,
+    not the 2009 that truncating ``2.01 * 1000`` gives)."""
+    nm = round(float(microns) * 1000, 6)
+    return int(nm) if nm.is_integer() else nm
 
 
 def _with_channels(pyramid: Any, channels: int, args: argparse.Namespace) -> Any:
@@ -703,6 +756,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
         else:
             channels = open_channels(args.source, names=args.channel_names, order=args.order)
             source = channels[0].source if len(channels) == 1 else stack_channels(channels)
+        args.voxel_size = _voxel_size_um(args.voxel_size, channels[0].source if channels else None)
         try:
             if channels is not None and len(channels) > 1 and not _one_volume(args, source):
                 return _separate_channels(args, channels, one, quiet)
@@ -721,7 +775,7 @@ def main(argv: list[str] | None = None, *, in_process: bool = False) -> int:
         from ..locations import is_remote
         from ._tqdm_loop import drive_with_tqdm
 
-        voxel_size_nm = tuple(int(float(v) * 1000) for v in args.voxel_size)
+        voxel_size_nm = tuple(_nanometres(v) for v in args.voxel_size)
         pyramid = plan_pyramid(
             source.size,
             source.dtype.name,
