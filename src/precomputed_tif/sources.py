@@ -14,7 +14,6 @@ import glob
 import hashlib
 import logging
 import os
-import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from .calibration import RecordedVoxelSize, recorded_voxel_size
 from .errors import SourceError, StoreError
 from .geometry import XYZ, Box
 from .locations import FsspecLocation, is_remote
+from .plane_numbers import NUMBER, warn_if_planes_missing, warn_if_unpadded_numbers
 from .pyramid import SUPPORTED_DTYPES
 
 log = logging.getLogger(__name__)
@@ -699,7 +699,7 @@ def sort_planes(paths: Sequence[str], order: str = "natural") -> list[str]:
 def _natural_key(path: str) -> tuple[tuple[Any, ...], str]:
     # re.split with a group puts text at even and digit runs at odd places, so the tuples
     # compare str with str and int with int; the name itself breaks ties (img_01 vs img_1)
-    parts = _NUMBER.split(path)
+    parts = NUMBER.split(path)
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), path
 
 
@@ -709,6 +709,7 @@ def _log_order(paths: Sequence[str], order: str) -> None:
     log.info("%d planes in %s order: %s", len(names), order, shown)
     if order == "alphabetical":
         warn_if_unpadded_numbers(paths)
+    warn_if_planes_missing(paths)
 
 
 def _remote_planes(source: str) -> list[str]:
@@ -857,25 +858,3 @@ def channel_sources(source: PlaneSource) -> list[PlaneSource]:
     if isinstance(source, (MultiPageTiffSource, TiffPlanesSource)):
         return [replace(source, channel=c) for c in range(source.num_channels)]
     raise SourceError(f"cannot split a {type(source).__name__} into its channels")
-
-
-_NUMBER = re.compile(r"(\d+)")
-
-
-def warn_if_unpadded_numbers(paths: Sequence[str]) -> None:
-    """Warn when alphabetical order differs from numeric order (``img_10`` before ``img_2``)."""
-    numbered = []
-    for path in paths:
-        numbers = _NUMBER.findall(os.path.basename(path))
-        if not numbers:
-            return
-        numbered.append(int(numbers[-1]))
-    for before, after, path_a, path_b in zip(numbered, numbered[1:], paths, paths[1:]):
-        if after < before:
-            log.warning(
-                "plane names look numbered without zero padding: %r sorts before %r in "
-                "--order alphabetical; --order natural takes them by number",
-                os.path.basename(path_a),
-                os.path.basename(path_b),
-            )
-            return
