@@ -306,3 +306,16 @@ def test_multipage_file_inside_a_glob_is_refused(tmp_path):
 def test_sources_are_errors_of_the_builtin_kind(tmp_path):
     with pytest.raises(ValueError):
         open_source(str(tmp_path / "*.tif"))
+
+
+def test_reading_many_headers_says_how_far_it_got(tmp_path, caplog, monkeypatch):
+    import precomputed_tif.sources as sources
+
+    stack = random_stack((5, 8, 8), "uint16", seed=9)
+    source = write_planes(tmp_path / "planes", stack)
+    monkeypatch.setattr(sources, "HEADER_PROGRESS_SECONDS", 0.0)  # say it after every header
+    with caplog.at_level(logging.INFO, logger="precomputed_tif"):
+        opened = open_source(source)
+    said = [r.getMessage() for r in caplog.records if "read the headers" in r.getMessage()]
+    assert said == [f"read the headers of {n} of 5 planes" for n in range(1, 6)]
+    assert opened.size == (8, 8, 5)
