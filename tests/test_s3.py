@@ -15,6 +15,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
+import tifffile
 
 from conftest import DATA, random_stack, reference_pyramid, write_planes
 from servekit import call
@@ -427,3 +428,21 @@ def test_planes_read_from_s3(tmp_path, s3, compression):
         timeout=120,
     )
     assert_one_line_error(missing, "matches no files")
+
+
+def test_a_multi_page_tiff_in_a_bucket_is_refused_in_one_line(tmp_path, s3):
+    import fsspec
+
+    stack_file = tmp_path / "stack.tif"
+    tifffile.imwrite(stack_file, random_stack((5, 16, 16), "uint16", seed=3))
+    fsspec.filesystem("s3").put_file(str(stack_file), f"{BUCKET}/multipage/stack.tif")
+    dest = tmp_path / "o"
+    for source in (f"{s3}/multipage/stack.tif", f"{s3}/multipage"):
+        done = subprocess.run(
+            [*CLI, "--source", source, "--dest", str(dest)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert_one_line_error(done, "holds 5 pages", "local disk", "one plane per file")
+        assert not dest.exists()

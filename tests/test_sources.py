@@ -319,3 +319,12 @@ def test_reading_many_headers_says_how_far_it_got(tmp_path, caplog, monkeypatch)
     said = [r.getMessage() for r in caplog.records if "read the headers" in r.getMessage()]
     assert said == [f"read the headers of {n} of 5 planes" for n in range(1, 6)]
     assert opened.size == (8, 8, 5)
+
+
+def test_a_folder_holding_one_multi_page_tiff_opens_it(tmp_path):
+    stack = random_stack((4, 6, 7), "uint16", seed=12)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    (tmp_path / "notes.txt").write_text("not a plane")
+    source = open_source(str(tmp_path))
+    assert source.size == (7, 6, 4)
+    np.testing.assert_array_equal(source.read(Box((0, 0, 0), (7, 6, 4))), stack)

@@ -677,6 +677,8 @@ def open_source(source: str, *, decode_threads: int = 2, order: str = "natural")
         ]
         if not paths:
             raise SourceError(f"folder {source!r} holds no .tif or .tiff files")
+        if len(paths) == 1:  # as a glob that matches one file: a stack of pages, or one plane
+            return _open_multipage(paths[0])
     elif os.path.isfile(source) and not glob.has_magic(source):
         return _open_multipage(source)
     else:
@@ -734,6 +736,12 @@ def _open_planes(paths: Sequence[str], *, decode_threads: int) -> TiffPlanesSour
     first_path, first = paths[0], headers[0]
     for path, header in zip(paths, headers):
         _check_plane(path, header)
+        if header.pages > 1 and is_remote(path):
+            raise SourceError(
+                f"{os.path.basename(path)!r} holds {header.pages} pages: a multi-page TIFF is "
+                "read from a local disk only (copy it there first); from an object store, give "
+                "one plane per file"
+            )
         if header.pages > 1:
             raise SourceError(
                 f"{os.path.basename(path)!r} holds {header.pages} pages; give a multi-page TIFF "
